@@ -1,0 +1,3 @@
+module github.com/unionmount/unionmount
+
+go 1.26
