@@ -1,5 +1,22 @@
 package cow
 
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/bits"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxLowers is the most lower layers a stack may have, as in the kernel
+// (OVL_MAX_STACK).
+const MaxLowers = 500
+
 // Config names the directories of a stack.
 type Config struct {
 	// Lowers are the read-only layers, top-most first.
@@ -7,7 +24,8 @@ type Config struct {
 	// Upper is the writable layer; empty for a read-only union.
 	Upper string
 	// Work is the work directory on the upper's filesystem; required
-	// with Upper.
+	// with Upper. Copy-ups are built in its "work" subdirectory, as the
+	// kernel does, and renamed into place.
 	Work string
 	// UserXattr selects the user.* xattr namespace for the union's own
 	// xattrs (the kernel's userxattr mode), as needed without root.
@@ -15,12 +33,168 @@ type Config struct {
 }
 
 // Stack is an opened set of layers.
+//
+// Lock order: a copy-up lock (Stack.copyLock), then Stack.ns. Stack.ns is
+// never held while waiting for a copy-up lock, so operations that need a
+// copy-up (rename, link) do it before taking Stack.ns.
 type Stack struct {
-	cfg Config
+	cfg    Config
+	upper  *Layer // nil for a read-only union
+	work   *Layer // the "work" directory inside Config.Work
+	lowers []*Layer
+
+	// ns serializes changes to the upper's namespace (create, remove,
+	// rename, copy-up's final rename), so that a check of the merged
+	// view and the change that depends on it are atomic.
+	ns sync.Mutex
+
+	// copying serializes copy-ups of one path, so that concurrent
+	// copy-ups of one file happen once; paths share the locks by hash.
+	copying [64]sync.Mutex
+
+	tmpSeq atomic.Uint64
+	root   bool // running as root: can chown and set trusted.* xattrs
 }
 
-// Open opens the layers named by cfg.
-func Open(cfg Config) (*Stack, error) { return &Stack{cfg: cfg}, nil }
+// Open opens the layers named by cfg and prepares the work directory,
+// removing copies that a crash left half-built there.
+func Open(cfg Config) (*Stack, error) {
+	if len(cfg.Lowers) == 0 {
+		return nil, errors.New("no lower layer")
+	}
+	if len(cfg.Lowers) > MaxLowers {
+		return nil, fmt.Errorf("%d lower layers, at most %d allowed", len(cfg.Lowers), MaxLowers)
+	}
+	if cfg.Upper != "" && cfg.Work == "" {
+		return nil, errors.New("an upper layer needs a work directory")
+	}
+	s := &Stack{cfg: cfg, root: os.Geteuid() == 0}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+	if cfg.Upper != "" {
+		u, err := openLayer(cfg.Upper, true)
+		if err != nil {
+			return nil, err
+		}
+		s.upper = u
+		w, err := prepareWork(cfg.Work, u.dev)
+		if err != nil {
+			return nil, err
+		}
+		s.work = w
+	}
+	for _, d := range cfg.Lowers {
+		l, err := openLayer(d, false)
+		if err != nil {
+			return nil, err
+		}
+		s.lowers = append(s.lowers, l)
+	}
+	s.assignInoHigh()
+	ok = true
+	return s, nil
+}
+
+// prepareWork opens (creating if needed) dir/work and empties it: what is
+// there is left from an interrupted copy-up and was never visible.
+func prepareWork(dir string, upperDev uint64) (*Layer, error) {
+	wd := dir + "/work"
+	if err := os.Mkdir(wd, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("create work directory: %w", err)
+	}
+	w, err := openLayer(wd, true)
+	if err != nil {
+		return nil, err
+	}
+	if w.dev != upperDev {
+		w.close()
+		return nil, fmt.Errorf("work directory %s is not on the upper layer's filesystem", dir)
+	}
+	names, err := readNames(w, "")
+	if err != nil {
+		w.close()
+		return nil, err
+	}
+	for _, n := range names {
+		if err := removeAll(w, n); err != nil {
+			w.close()
+			return nil, fmt.Errorf("clean work directory: %w", err)
+		}
+	}
+	return w, nil
+}
+
+// assignInoHigh gives each filesystem of the stack its own high inode bits,
+// unless all layers share one filesystem, where inode numbers are unique as
+// they are.
+func (s *Stack) assignInoHigh() {
+	var devs []uint64
+	index := map[uint64]int{}
+	for _, l := range s.layers() {
+		if _, ok := index[l.dev]; !ok {
+			index[l.dev] = len(devs)
+			devs = append(devs, l.dev)
+		}
+	}
+	if len(devs) == 1 {
+		return
+	}
+	nbits := bits.Len(uint(len(devs) - 1))
+	for _, l := range s.layers() {
+		l.inoHigh = uint64(index[l.dev]) << (63 - nbits)
+	}
+}
+
+// layers returns the upper (if any) and the lowers, top-down.
+func (s *Stack) layers() []*Layer {
+	if s.upper == nil {
+		return s.lowers
+	}
+	return append([]*Layer{s.upper}, s.lowers...)
+}
 
 // Close releases the stack's file descriptors.
-func (s *Stack) Close() error { return nil }
+func (s *Stack) Close() error {
+	for _, l := range s.layers() {
+		l.close()
+	}
+	if s.work != nil {
+		s.work.close()
+	}
+	return nil
+}
+
+// ReadOnly reports whether the stack has no upper layer.
+func (s *Stack) ReadOnly() bool { return s.upper == nil }
+
+// Statfs reports on the filesystem of the upper layer, or of the top lower
+// of a read-only union.
+func (s *Stack) Statfs() (unix.Statfs_t, error) {
+	var st unix.Statfs_t
+	l := s.layers()[0]
+	err := unix.Fstatfs(l.fd, &st)
+	return st, err
+}
+
+// tmpName returns a fresh name for a copy in the work directory.
+func (s *Stack) tmpName() string {
+	return "#" + strconv.FormatUint(uint64(os.Getpid()), 16) + "-" + strconv.FormatUint(s.tmpSeq.Add(1), 16)
+}
+
+// copyLock locks the copy-up lock of rel and returns its unlock.
+func (s *Stack) copyLock(rel string) func() {
+	h := fnv.New32a()
+	h.Write([]byte(rel))
+	m := &s.copying[h.Sum32()%uint32(len(s.copying))]
+	m.Lock()
+	return m.Unlock
+}
+
+var (
+	errRO        = os.PathError{Op: "write", Path: "union", Err: unix.EROFS}
+	pathErrNoent = os.PathError{Op: "lookup", Path: "lower", Err: unix.ENOENT}
+)

@@ -1,0 +1,208 @@
+package cow
+
+import (
+	"errors"
+	"fmt"
+	"path"
+
+	"golang.org/x/sys/unix"
+)
+
+// Open opens o at rel with open(2) flags. A write intent (write access or
+// O_TRUNC) copies o up first; O_TRUNC skips copying the data it would
+// discard. It returns the descriptor and o as it is now.
+func (s *Stack) Open(o *Object, rel string, flags int) (int, *Object, error) {
+	write := flags&unix.O_ACCMODE != unix.O_RDONLY || flags&unix.O_TRUNC != 0
+	if write && !o.Layer.upper {
+		c, err := s.CopyUp(o, rel, flags&unix.O_TRUNC == 0)
+		if err != nil {
+			return -1, nil, err
+		}
+		o = c
+	}
+	// O_DIRECT buffers come from the kernel's FUSE layer, not from the
+	// caller, and need not be aligned: the backing file does without.
+	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_DIRECT
+	if !o.Layer.upper {
+		flags = unix.O_RDONLY | flags&unix.O_NONBLOCK
+	}
+	fd, err := o.Layer.open(rel, flags, 0)
+	return fd, o, err
+}
+
+// Readlink returns the target of the symlink o at rel.
+func (s *Stack) Readlink(o *Object, rel string) (string, error) {
+	t, err := readlinkat(o.Layer.fd, rel)
+	if err != nil {
+		return "", o.Layer.err("readlink", rel, err)
+	}
+	return t, nil
+}
+
+// Attr is a change of attributes; nil fields stay as they are.
+type Attr struct {
+	Mode       *uint32
+	UID, GID   *uint32
+	Size       *uint64
+	Atime      *unix.Timespec // may be UTIME_NOW
+	Mtime      *unix.Timespec
+	FromHandle int // an open writable descriptor of the object to use, or -1
+}
+
+// Setattr changes the attributes of o at rel, copying it up first.
+func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
+	if !o.Layer.upper {
+		// Truncating to zero needs no data.
+		data := a.Size == nil || *a.Size != 0
+		c, err := s.CopyUp(o, rel, data)
+		if err != nil {
+			return nil, err
+		}
+		o = c
+	}
+	u := s.upper
+	isLink := o.Mode&unix.S_IFMT == unix.S_IFLNK
+	if a.UID != nil || a.GID != nil {
+		uid, gid := -1, -1
+		if a.UID != nil {
+			uid = int(*a.UID)
+		}
+		if a.GID != nil {
+			gid = int(*a.GID)
+		}
+		if err := unix.Fchownat(u.fd, at(rel), uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return nil, u.err("chown", rel, err)
+		}
+	}
+	if a.Mode != nil && !isLink {
+		if err := unix.Fchmodat(u.fd, at(rel), *a.Mode&0o7777, 0); err != nil {
+			return nil, u.err("chmod", rel, err)
+		}
+	}
+	if a.Size != nil {
+		var err error
+		if a.FromHandle >= 0 {
+			err = unix.Ftruncate(a.FromHandle, int64(*a.Size))
+		} else {
+			var fd int
+			fd, err = u.open(rel, unix.O_WRONLY, 0)
+			if err == nil {
+				err = unix.Ftruncate(fd, int64(*a.Size))
+				unix.Close(fd)
+			}
+		}
+		if err != nil {
+			return nil, u.err("truncate", rel, err)
+		}
+	}
+	if a.Atime != nil || a.Mtime != nil {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if a.Atime != nil {
+			ts[0] = *a.Atime
+		}
+		if a.Mtime != nil {
+			ts[1] = *a.Mtime
+		}
+		if err := unix.UtimesNanoAt(u.fd, at(rel), ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return nil, u.err("utimes", rel, err)
+		}
+	}
+	return o, nil
+}
+
+// Getxattr reads the xattr name of o at rel; the union's own are absent.
+func (s *Stack) Getxattr(o *Object, rel, name string) ([]byte, error) {
+	if IsPrivateXattr(name) {
+		return nil, unix.ENODATA
+	}
+	var v []byte
+	err := o.Layer.withPath(rel, func(p string) error {
+		var err error
+		v, err = getxattrPath(p, name)
+		return err
+	})
+	return v, err
+}
+
+// Listxattr lists the xattrs of o at rel, except the union's own.
+func (s *Stack) Listxattr(o *Object, rel string) ([]string, error) {
+	var names []string
+	err := o.Layer.withPath(rel, func(p string) error {
+		all, err := listxattrPath(p)
+		for _, n := range all {
+			if !IsPrivateXattr(n) {
+				names = append(names, n)
+			}
+		}
+		return err
+	})
+	return names, err
+}
+
+// Setxattr sets the xattr name of o at rel, copying it up first. The
+// union's own xattrs cannot be set.
+func (s *Stack) Setxattr(o *Object, rel, name string, val []byte, flags int) (*Object, error) {
+	return s.changeXattr(o, rel, name, func(p string) error { return unix.Setxattr(p, name, val, flags) })
+}
+
+// Removexattr removes the xattr name of o at rel, copying it up first.
+func (s *Stack) Removexattr(o *Object, rel, name string) (*Object, error) {
+	return s.changeXattr(o, rel, name, func(p string) error { return unix.Removexattr(p, name) })
+}
+
+func (s *Stack) changeXattr(o *Object, rel, name string, change func(p string) error) (*Object, error) {
+	if IsPrivateXattr(name) {
+		return nil, fmt.Errorf("xattr %s: %w", name, unix.EPERM)
+	}
+	if s.upper == nil {
+		return nil, &errRO
+	}
+	if !o.Layer.upper {
+		// Let a change that fails anyway fail before the copy-up.
+		c, err := s.CopyUp(o, rel, true)
+		if err != nil {
+			return nil, err
+		}
+		o = c
+	}
+	err := s.upper.withPath(rel, change)
+	if err != nil {
+		return nil, fmt.Errorf("xattr %s on %s: %w", name, path.Join(s.upper.Dir, rel), err)
+	}
+	return o, nil
+}
+
+// Fsyncdir flushes the upper directory rel, if there is one.
+func (s *Stack) Fsyncdir(rel string) error {
+	if s.upper == nil {
+		return nil
+	}
+	fd, err := s.upper.open(rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Fsync(fd)
+}
+
+// Tmpfile creates an unnamed file (O_TMPFILE) in the merged directory dir
+// at rel.
+func (s *Stack) Tmpfile(dir *Object, rel string, flags int, mode uint32, who Owner) (int, error) {
+	if err := s.ensureUpperDir(dir, rel); err != nil {
+		return -1, err
+	}
+	fd, err := s.upper.open(rel, flags&^unix.O_CREAT|unix.O_TMPFILE, mode)
+	if err != nil {
+		return -1, err
+	}
+	if s.root {
+		if err := unix.Fchown(fd, int(who.UID), int(who.GID)); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+	}
+	return fd, nil
+}

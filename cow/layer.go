@@ -1,0 +1,200 @@
+package cow
+
+import (
+	"fmt"
+	"os"
+	"path"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Layer is one directory tree of a stack. All access goes through the
+// directory descriptor of its root with paths relative to it, so names and
+// paths as long as the kernel allows work at any depth.
+type Layer struct {
+	// Dir is the layer's root directory as given.
+	Dir string
+	fd  int
+	dev uint64
+	// inoHigh is ORed into the inode numbers of this layer so that objects
+	// of layers on different filesystems never share one (like the
+	// kernel's xino).
+	inoHigh uint64
+	upper   bool
+}
+
+func openLayer(dir string, upper bool) (*Layer, error) {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open layer", Path: dir, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "stat layer", Path: dir, Err: err}
+	}
+	return &Layer{Dir: dir, fd: fd, dev: st.Dev, upper: upper}, nil
+}
+
+func (l *Layer) close() { unix.Close(l.fd) }
+
+// String names the layer for messages.
+func (l *Layer) String() string { return l.Dir }
+
+// at returns a path usable with the *at system calls on l.fd; the root
+// itself is ".".
+func at(rel string) string {
+	if rel == "" {
+		return "."
+	}
+	return rel
+}
+
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+func split(rel string) (dir, name string) {
+	d, n := path.Split(rel)
+	if d != "" {
+		d = d[:len(d)-1]
+	}
+	return d, n
+}
+
+func (l *Layer) lstat(rel string) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	err := unix.Fstatat(l.fd, at(rel), &st, unix.AT_SYMLINK_NOFOLLOW)
+	if err != nil {
+		return st, l.err("stat", rel, err)
+	}
+	return st, nil
+}
+
+func (l *Layer) err(op, rel string, err error) error {
+	return &os.PathError{Op: op, Path: path.Join(l.Dir, rel), Err: err}
+}
+
+// open opens rel in the layer without following a symlink in any component.
+func (l *Layer) open(rel string, flags int, mode uint32) (int, error) {
+	how := unix.OpenHow{
+		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
+		Mode:    uint64(mode),
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	if flags&(unix.O_CREAT|unix.O_TMPFILE) == 0 {
+		how.Mode = 0
+	}
+	for {
+		fd, err := unix.Openat2(l.fd, at(rel), &how)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return -1, l.err("open", rel, err)
+		}
+		return fd, nil
+	}
+}
+
+// procPath returns a path naming the object open as fd, for the xattr
+// calls that have no descriptor form for O_PATH descriptors.
+func procPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
+
+// withPath runs fn on a /proc path naming rel without following a symlink
+// at rel itself.
+func (l *Layer) withPath(rel string, fn func(p string) error) error {
+	fd, err := l.open(rel, unix.O_PATH, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return fn(procPath(fd))
+}
+
+func (l *Layer) getxattr(rel, name string) ([]byte, error) {
+	var val []byte
+	err := l.withPath(rel, func(p string) error {
+		v, err := getxattrPath(p, name)
+		val = v
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("getxattr %s %s: %w", path.Join(l.Dir, rel), name, err)
+	}
+	return val, nil
+}
+
+func (l *Layer) setxattr(rel, name string, val []byte) error {
+	err := l.withPath(rel, func(p string) error { return unix.Setxattr(p, name, val, 0) })
+	if err != nil {
+		return fmt.Errorf("setxattr %s %s: %w", path.Join(l.Dir, rel), name, err)
+	}
+	return nil
+}
+
+func getxattrPath(p, name string) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Getxattr(p, name, buf)
+		if err == unix.ERANGE {
+			sz, err := unix.Getxattr(p, name, nil)
+			if err != nil {
+				return nil, err
+			}
+			buf = make([]byte, sz+64)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
+func listxattrPath(p string) ([]string, error) {
+	buf := make([]byte, 1024)
+	for {
+		n, err := unix.Listxattr(p, buf)
+		if err == unix.ERANGE {
+			sz, err := unix.Listxattr(p, nil)
+			if err != nil {
+				return nil, err
+			}
+			buf = make([]byte, sz+64)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var names []string
+		start := 0
+		for i := 0; i < n; i++ {
+			if buf[i] == 0 {
+				if i > start {
+					names = append(names, string(buf[start:i]))
+				}
+				start = i + 1
+			}
+		}
+		return names, nil
+	}
+}
+
+// ino returns the merged inode number of the object st at rel in l.
+func (s *Stack) ino(l *Layer, rel string, st *unix.Stat_t) uint64 {
+	// user.* xattrs cannot be set on symlinks, so in userxattr mode a
+	// copied-up symlink has none.
+	if l.upper && !(s.cfg.UserXattr && st.Mode&unix.S_IFMT == unix.S_IFLNK) {
+		if v, err := l.getxattr(rel, s.inoXattr()); err == nil {
+			if n, err := strconv.ParseUint(string(v), 10, 64); err == nil && n != 0 {
+				return n
+			}
+		}
+	}
+	return st.Ino | l.inoHigh
+}

@@ -1,0 +1,161 @@
+package cow
+
+import (
+	"errors"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Object is a merged object as a lookup found it.
+type Object struct {
+	// Layer is the topmost layer holding the object: the upper once
+	// it has been copied up or created there.
+	Layer *Layer
+	// Lowers are, for a directory, the lower layers whose directory
+	// at the same path shows through it, top-down; for anything else, the
+	// lower layer holding the copy-up source, if any.
+	Lowers []*Layer
+	// Ino is the merged inode number: stable across copy-up and remount.
+	Ino uint64
+	// Mode is the file type and permission bits.
+	Mode uint32
+}
+
+// IsDir reports whether o is a directory.
+func (o *Object) IsDir() bool { return o.Mode&unix.S_IFMT == unix.S_IFDIR }
+
+// Upper reports whether o is in the upper layer.
+func (o *Object) Upper() bool { return o.Layer.upper }
+
+// Root returns the root directory of the merged view.
+func (s *Stack) Root() (*Object, error) {
+	var o *Object
+	for _, l := range s.layers() {
+		st, err := l.lstat("")
+		if err != nil {
+			return nil, err
+		}
+		if o == nil {
+			o = &Object{Layer: l, Ino: s.ino(l, "", &st), Mode: st.Mode}
+		} else {
+			o.Lowers = append(o.Lowers, l)
+		}
+		opaque, err := l.isOpaque("")
+		if err != nil {
+			return nil, err
+		}
+		if opaque {
+			break
+		}
+	}
+	return o, nil
+}
+
+// searchLayers returns the layers to search for the children of dir: the
+// upper, then dir's lowers.
+func (s *Stack) searchLayers(dir *Object) []*Layer {
+	ls := make([]*Layer, 0, len(dir.Lowers)+2)
+	if s.upper != nil && dir.Layer != s.upper {
+		// dir has no upper directory yet; a child may appear there
+		// once it has.
+		ls = append(ls, s.upper)
+	}
+	ls = append(ls, dir.Layer)
+	return append(ls, dir.Lowers...)
+}
+
+// Lookup finds name in the merged directory dir at path dirRel. It returns
+// an error wrapping ENOENT when the name is absent or hidden.
+func (s *Stack) Lookup(dir *Object, dirRel, name string) (*Object, error) {
+	if name == "." || name == ".." || IsReservedName(name) {
+		return nil, &os.PathError{Op: "lookup", Path: join(dirRel, name), Err: unix.ENOENT}
+	}
+	rel := join(dirRel, name)
+	var o *Object
+	for _, l := range s.searchLayers(dir) {
+		st, err := l.lstat(rel)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			if l.hasMarker(dirRel, name) {
+				break
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if isWhiteout(&st) {
+			break
+		}
+		isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
+		if o == nil {
+			o = &Object{Layer: l, Ino: s.ino(l, rel, &st), Mode: st.Mode}
+			if !isDir {
+				if !l.upper {
+					o.Lowers = []*Layer{l}
+				}
+				break
+			}
+		} else {
+			if !isDir {
+				break
+			}
+			o.Lowers = append(o.Lowers, l)
+		}
+		opaque, err := l.isOpaque(rel)
+		if err != nil {
+			return nil, err
+		}
+		if opaque || l.hasMarker(dirRel, name) {
+			break
+		}
+	}
+	if o == nil {
+		return nil, &os.PathError{Op: "lookup", Path: rel, Err: unix.ENOENT}
+	}
+	return o, nil
+}
+
+// lowerHas reports whether a lower layer under dir shows something at name,
+// so that removing name from the merged view needs a whiteout.
+func (s *Stack) lowerHas(dir *Object, dirRel, name string) (bool, error) {
+	rel := join(dirRel, name)
+	lowers := dir.Lowers
+	if !dir.Layer.upper {
+		lowers = append([]*Layer{dir.Layer}, lowers...)
+	}
+	for _, l := range lowers {
+		st, err := l.lstat(rel)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			if l.hasMarker(dirRel, name) {
+				return false, nil
+			}
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		return !isWhiteout(&st), nil
+	}
+	return false, nil
+}
+
+// Stat returns the attributes of o at rel as the merged view shows them.
+func (s *Stack) Stat(o *Object, rel string) (unix.Stat_t, error) {
+	st, err := o.Layer.lstat(rel)
+	if err != nil {
+		return st, err
+	}
+	s.fixStat(o, &st)
+	return st, nil
+}
+
+// fixStat turns a layer's attributes into the merged view's.
+func (s *Stack) fixStat(o *Object, st *unix.Stat_t) {
+	st.Ino = o.Ino
+	// A merged directory reports one link, as the kernel's does:
+	// counting subdirectories across layers is not worth it.
+	if o.IsDir() && (len(o.Lowers) > 0) {
+		st.Nlink = 1
+	}
+}

@@ -1,0 +1,338 @@
+package cow
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Owner is the caller a new object is created for.
+type Owner struct{ UID, GID uint32 }
+
+// NewObject describes an object to create: its type and permission bits,
+// the device number of a device node, or a symlink's target.
+type NewObject struct {
+	Mode   uint32
+	Rdev   uint32
+	Target string
+}
+
+func errReserved(rel string) error {
+	return &os.PathError{Op: "create", Path: rel, Err: unix.EINVAL}
+}
+
+// prepareCreate copies the parent directory up and reports whether rel is a
+// whiteout in the upper that the new object replaces.
+//
+// Preconditions: s.ns is held.
+func (s *Stack) prepareCreate(dirRel, name string) (overWhiteout bool, err error) {
+	if s.upper == nil {
+		return false, &errRO
+	}
+	if IsReservedName(name) {
+		return false, errReserved(join(dirRel, name))
+	}
+	rel := join(dirRel, name)
+	st, err := s.upper.lstat(rel)
+	switch {
+	case err == nil && isWhiteout(&st):
+		return true, nil
+	case err == nil:
+		return false, s.upper.err("create", rel, unix.EEXIST)
+	case !errors.Is(err, unix.ENOENT):
+		return false, err
+	}
+	return false, nil
+}
+
+// Create creates and opens a regular file name in the merged directory dir
+// at dirRel. flags are open(2) flags.
+func (s *Stack) Create(dir *Object, dirRel, name string, flags int, mode uint32, who Owner) (int, *Object, error) {
+	if err := s.ensureUpperDir(dir, dirRel); err != nil {
+		return -1, nil, err
+	}
+	s.ns.Lock()
+	defer s.ns.Unlock()
+	over, err := s.prepareCreate(dirRel, name)
+	if err != nil {
+		return -1, nil, err
+	}
+	rel := join(dirRel, name)
+	flags = flags&^(unix.O_TRUNC|unix.O_EXCL) | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC | unix.O_NOFOLLOW
+	if !over {
+		fd, err := unix.Openat(s.upper.fd, rel, flags, mode)
+		if err != nil {
+			return -1, nil, s.upper.err("create", rel, err)
+		}
+		if err := s.chownNew(s.upper.fd, rel, dirRel, who); err != nil {
+			unix.Close(fd)
+			unix.Unlinkat(s.upper.fd, rel, 0)
+			return -1, nil, err
+		}
+		o, err := s.newObject(rel)
+		return fd, o, closeOnErr(fd, err)
+	}
+	// Replace the whiteout atomically: a failure must not resurrect the
+	// lower file.
+	tmp := s.tmpName()
+	fd, err := unix.Openat(s.work.fd, tmp, flags, mode)
+	if err != nil {
+		return -1, nil, s.work.err("create", tmp, err)
+	}
+	if err := s.chownNew(s.work.fd, tmp, dirRel, who); err != nil {
+		unix.Close(fd)
+		unix.Unlinkat(s.work.fd, tmp, 0)
+		return -1, nil, err
+	}
+	if err := renameat2(s.work.fd, tmp, s.upper.fd, rel, 0); err != nil {
+		unix.Close(fd)
+		unix.Unlinkat(s.work.fd, tmp, 0)
+		return -1, nil, s.upper.err("create", rel, err)
+	}
+	o, err := s.newObject(rel)
+	return fd, o, closeOnErr(fd, err)
+}
+
+func closeOnErr(fd int, err error) error {
+	if err != nil {
+		unix.Close(fd)
+	}
+	return err
+}
+
+// newObject returns the object just created at rel in the upper.
+func (s *Stack) newObject(rel string) (*Object, error) {
+	st, err := s.upper.lstat(rel)
+	if err != nil {
+		return nil, err
+	}
+	return &Object{Layer: s.upper, Mode: st.Mode, Ino: s.ino(s.upper, rel, &st)}, nil
+}
+
+// chownNew gives a new object the caller as owner; its group is the parent
+// directory's when that has the setgid bit, as the kernel does.
+func (s *Stack) chownNew(dirfd int, name, dirRel string, who Owner) error {
+	if !s.root {
+		return nil
+	}
+	gid := int(who.GID)
+	if pst, err := s.upper.lstat(dirRel); err == nil && pst.Mode&unix.S_ISGID != 0 {
+		gid = -1
+	}
+	if err := unix.Fchownat(dirfd, name, int(who.UID), gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("chown new %s: %w", name, err)
+	}
+	return nil
+}
+
+// Make creates a directory, device node, FIFO, socket or symlink name in
+// the merged directory dir at dirRel.
+func (s *Stack) Make(dir *Object, dirRel, name string, n NewObject, who Owner) (*Object, error) {
+	if err := s.ensureUpperDir(dir, dirRel); err != nil {
+		return nil, err
+	}
+	s.ns.Lock()
+	defer s.ns.Unlock()
+	over, err := s.prepareCreate(dirRel, name)
+	if err != nil {
+		return nil, err
+	}
+	rel := join(dirRel, name)
+	isDir := n.Mode&unix.S_IFMT == unix.S_IFDIR
+	// A new directory in a merged parent is opaque, so lookups below it
+	// need not search the lowers (the kernel does the same); one that
+	// replaces a whiteout must be, or the lower's contents would show.
+	opaque := isDir && (over || len(dir.Lowers) > 0 || !dir.Layer.upper)
+	if !over {
+		if err := s.makeAt(s.upper.fd, rel, n); err != nil {
+			return nil, s.upper.err("create", rel, err)
+		}
+		if err := s.chownNew(s.upper.fd, rel, dirRel, who); err != nil {
+			removeAll(s.upper, rel)
+			return nil, err
+		}
+		if opaque {
+			if err := s.setOpaque(rel); err != nil {
+				removeAll(s.upper, rel)
+				return nil, err
+			}
+		}
+		return s.newObject(rel)
+	}
+	tmp := s.tmpName()
+	if err := s.makeAt(s.work.fd, tmp, n); err != nil {
+		return nil, s.work.err("create", tmp, err)
+	}
+	err = s.chownNew(s.work.fd, tmp, dirRel, who)
+	if err == nil && opaque {
+		err = s.work.setxattr(tmp, s.opaqueXattr(), []byte("y"))
+	}
+	if err == nil {
+		err = s.replaceWhiteout(tmp, rel, isDir)
+	}
+	if err != nil {
+		removeAll(s.work, tmp)
+		return nil, err
+	}
+	return s.newObject(rel)
+}
+
+// replaceWhiteout moves tmp from the work directory over the whiteout at
+// rel in one step. A directory cannot be renamed over a non-directory, so it
+// is exchanged with the whiteout, which is then removed.
+//
+// Preconditions: s.ns is held.
+func (s *Stack) replaceWhiteout(tmp, rel string, isDir bool) error {
+	if !isDir {
+		if err := renameat2(s.work.fd, tmp, s.upper.fd, rel, 0); err != nil {
+			return s.upper.err("rename", rel, err)
+		}
+		return nil
+	}
+	if err := renameat2(s.work.fd, tmp, s.upper.fd, rel, unix.RENAME_EXCHANGE); err != nil {
+		return s.upper.err("rename", rel, err)
+	}
+	unix.Unlinkat(s.work.fd, tmp, 0)
+	return nil
+}
+
+func (s *Stack) makeAt(dirfd int, name string, n NewObject) error {
+	switch n.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return unix.Mkdirat(dirfd, name, n.Mode&0o7777)
+	case unix.S_IFLNK:
+		return unix.Symlinkat(n.Target, dirfd, name)
+	default:
+		return unix.Mknodat(dirfd, name, n.Mode, int(n.Rdev))
+	}
+}
+
+// ensureUpperDir makes sure the merged directory dir at rel exists in the
+// upper.
+func (s *Stack) ensureUpperDir(dir *Object, rel string) error {
+	if s.upper == nil {
+		return &errRO
+	}
+	if dir.Layer.upper {
+		return nil
+	}
+	_, err := s.CopyUp(dir, rel, false)
+	return err
+}
+
+// Link makes name in the merged directory dir at dirRel a new name for
+// target (at targetRel), copying target up first.
+func (s *Stack) Link(target *Object, targetRel string, dir *Object, dirRel, name string) (*Object, error) {
+	t, err := s.CopyUp(target, targetRel, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ensureUpperDir(dir, dirRel); err != nil {
+		return nil, err
+	}
+	s.ns.Lock()
+	defer s.ns.Unlock()
+	over, err := s.prepareCreate(dirRel, name)
+	if err != nil {
+		return nil, err
+	}
+	rel := join(dirRel, name)
+	if !over {
+		if err := unix.Linkat(s.upper.fd, targetRel, s.upper.fd, rel, 0); err != nil {
+			return nil, s.upper.err("link", rel, err)
+		}
+		return t, nil
+	}
+	tmp := s.tmpName()
+	if err := unix.Linkat(s.upper.fd, targetRel, s.work.fd, tmp, 0); err != nil {
+		return nil, s.upper.err("link", rel, err)
+	}
+	if err := s.replaceWhiteout(tmp, rel, false); err != nil {
+		unix.Unlinkat(s.work.fd, tmp, 0)
+		return nil, err
+	}
+	return t, nil
+}
+
+// Unlink removes the non-directory name, the object o, from the merged
+// directory dir at dirRel, leaving a whiteout if a lower layer has the name.
+func (s *Stack) Unlink(dir *Object, dirRel, name string, o *Object) error {
+	return s.remove(dir, dirRel, name, o)
+}
+
+// Rmdir removes the directory name, the object o, from the merged directory
+// dir at dirRel. It fails with ENOTEMPTY unless the merged directory is
+// empty (whiteouts do not count).
+func (s *Stack) Rmdir(dir *Object, dirRel, name string, o *Object) error {
+	return s.remove(dir, dirRel, name, o)
+}
+
+func (s *Stack) remove(dir *Object, dirRel, name string, o *Object) error {
+	if s.upper == nil {
+		return &errRO
+	}
+	rel := join(dirRel, name)
+	if err := s.ensureUpperDir(dir, dirRel); err != nil {
+		return err
+	}
+	s.ns.Lock()
+	defer s.ns.Unlock()
+	if o.IsDir() {
+		empty, err := s.IsEmpty(o, rel)
+		if err != nil {
+			return err
+		}
+		if !empty {
+			return s.upper.err("rmdir", rel, unix.ENOTEMPTY)
+		}
+	}
+	whiteout, err := s.lowerHas(dir, dirRel, name)
+	if err != nil {
+		return err
+	}
+	st, err := s.upper.lstat(rel)
+	inUpper := err == nil && !isWhiteout(&st)
+	switch {
+	case inUpper && whiteout:
+		// Swap the upper entry for a whiteout in one step, then
+		// remove it (a directory holds only whiteouts by now).
+		tmp := s.tmpName()
+		if err := s.whiteoutRename(rel, tmp); err != nil {
+			return err
+		}
+		return removeAll(s.work, tmp)
+	case inUpper:
+		return removeAll(s.upper, rel)
+	case whiteout:
+		if err := mkWhiteout(s.upper.fd, rel); err != nil {
+			return s.upper.err("whiteout", rel, err)
+		}
+	}
+	return nil
+}
+
+// whiteoutRename moves the upper entry rel to tmp in the work directory and
+// leaves a whiteout at rel, atomically.
+//
+// Preconditions: s.ns is held.
+func (s *Stack) whiteoutRename(rel, tmp string) error {
+	err := renameat2(s.upper.fd, rel, s.work.fd, tmp, unix.RENAME_WHITEOUT)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return s.upper.err("rename", rel, err)
+	}
+	// No RENAME_WHITEOUT on this filesystem: exchange with a whiteout
+	// made in the work directory.
+	if err := mkWhiteout(s.work.fd, tmp); err != nil {
+		return s.work.err("whiteout", tmp, err)
+	}
+	if err := renameat2(s.upper.fd, rel, s.work.fd, tmp, unix.RENAME_EXCHANGE); err != nil {
+		unix.Unlinkat(s.work.fd, tmp, 0)
+		return s.upper.err("rename", rel, err)
+	}
+	return nil
+}

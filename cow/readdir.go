@@ -1,0 +1,167 @@
+package cow
+
+import (
+	"encoding/binary"
+	"errors"
+
+	"golang.org/x/sys/unix"
+)
+
+// DirEntry is one entry of a merged directory listing.
+type DirEntry struct {
+	Name string
+	// Mode holds the file type bits only.
+	Mode uint32
+	Ino  uint64
+}
+
+// Readdir lists the merged directory dir at rel: every layer's entries,
+// top-down, without duplicates, whiteouts or markers, and nothing from
+// below an opaque directory.
+func (s *Stack) Readdir(dir *Object, rel string) ([]DirEntry, error) {
+	var out []DirEntry
+	seen := map[string]bool{}
+	for _, l := range s.searchLayers(dir) {
+		ents, err := readDirents(l, rel)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			continue // no upper directory yet
+		}
+		if err != nil {
+			return nil, err
+		}
+		// A ".wh." marker hides a name in the layers below only.
+		var hidden []string
+		for _, e := range ents {
+			if target, ok := markerTarget(e.name); ok {
+				if target != "" {
+					hidden = append(hidden, target)
+				}
+				continue
+			}
+			if seen[e.name] {
+				continue
+			}
+			seen[e.name] = true
+			st := unix.Stat_t{Ino: e.ino, Mode: dtToMode[e.typ]}
+			if st.Mode == 0 || st.Mode == unix.S_IFCHR {
+				// Unknown type, or maybe a whiteout: ask.
+				st, err = l.lstat(join(rel, e.name))
+				if errors.Is(err, unix.ENOENT) {
+					continue
+				}
+				if err != nil {
+					return nil, err
+				}
+				if isWhiteout(&st) {
+					continue
+				}
+			}
+			out = append(out, DirEntry{
+				Name: e.name,
+				Mode: st.Mode & unix.S_IFMT,
+				Ino:  s.ino(l, join(rel, e.name), &st),
+			})
+		}
+		for _, h := range hidden {
+			seen[h] = true
+		}
+	}
+	return out, nil
+}
+
+// IsEmpty reports whether the merged directory dir at rel has no entries.
+func (s *Stack) IsEmpty(dir *Object, rel string) (bool, error) {
+	ents, err := s.Readdir(dir, rel)
+	return len(ents) == 0, err
+}
+
+type dirent struct {
+	name string
+	ino  uint64
+	typ  uint8
+}
+
+var dtToMode = [...]uint32{
+	unix.DT_BLK:  unix.S_IFBLK,
+	unix.DT_CHR:  unix.S_IFCHR,
+	unix.DT_DIR:  unix.S_IFDIR,
+	unix.DT_FIFO: unix.S_IFIFO,
+	unix.DT_LNK:  unix.S_IFLNK,
+	unix.DT_REG:  unix.S_IFREG,
+	unix.DT_SOCK: unix.S_IFSOCK,
+	15:           0,
+}
+
+// readDirents reads the directory at rel in l, without "." and "..".
+func readDirents(l *Layer, rel string) ([]dirent, error) {
+	fd, err := l.open(rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	var out []dirent
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, l.err("readdir", rel, err)
+		}
+		if n <= 0 {
+			return out, nil
+		}
+		for off := 0; off < n; {
+			ino := binary.NativeEndian.Uint64(buf[off:])
+			reclen := int(binary.NativeEndian.Uint16(buf[off+16:]))
+			typ := buf[off+18]
+			nameb := buf[off+19 : off+reclen]
+			for i, c := range nameb {
+				if c == 0 {
+					nameb = nameb[:i]
+					break
+				}
+			}
+			name := string(nameb)
+			if name != "." && name != ".." {
+				out = append(out, dirent{name: name, ino: ino, typ: typ & 15})
+			}
+			off += reclen
+		}
+	}
+}
+
+func readNames(l *Layer, rel string) ([]string, error) {
+	ents, err := readDirents(l, rel)
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.name
+	}
+	return names, err
+}
+
+// removeAll removes rel and everything below it from l (the upper or the
+// work directory).
+func removeAll(l *Layer, rel string) error {
+	err := unix.Unlinkat(l.fd, rel, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
+		return l.err("unlink", rel, err)
+	}
+	names, err := readNames(l, rel)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := removeAll(l, join(rel, n)); err != nil {
+			return err
+		}
+	}
+	if err := unix.Unlinkat(l.fd, rel, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return l.err("rmdir", rel, err)
+	}
+	return nil
+}

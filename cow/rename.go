@@ -1,0 +1,193 @@
+package cow
+
+import (
+	"errors"
+
+	"golang.org/x/sys/unix"
+)
+
+// Rename moves src (name srcName in the merged directory srcDir at
+// srcDirRel) to dstName in dstDir at dstDirRel, replacing dst (nil when the
+// merged view has no such name). flags are renameat2's RENAME_NOREPLACE and
+// RENAME_EXCHANGE. It returns src as it is after the rename.
+//
+// Unlike the kernel (EXDEV), a directory with lower parts can be renamed:
+// its whole merged tree is copied up and made opaque at its new place, and a
+// whiteout left at the old one, so the upper stays mountable by the kernel.
+func (s *Stack) Rename(srcDir *Object, srcDirRel, srcName string, src *Object,
+	dstDir *Object, dstDirRel, dstName string, dst *Object, flags uint) (*Object, error) {
+	srcRel, dstRel := join(srcDirRel, srcName), join(dstDirRel, dstName)
+	switch {
+	case s.upper == nil:
+		return nil, &errRO
+	case flags&^uint(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0:
+		return nil, s.upper.err("rename", srcRel, unix.EINVAL)
+	case IsReservedName(dstName):
+		return nil, errReserved(dstRel)
+	}
+	exchange := flags&unix.RENAME_EXCHANGE != 0
+	if flags&unix.RENAME_NOREPLACE != 0 && dst != nil {
+		return nil, s.upper.err("rename", dstRel, unix.EEXIST)
+	}
+	if exchange && dst == nil {
+		return nil, s.upper.err("rename", dstRel, unix.ENOENT)
+	}
+
+	// Copy-ups first: they take locks that s.ns must not be held for.
+	src, srcTree, err := s.copyUpForRename(src, srcRel)
+	if err != nil {
+		return nil, err
+	}
+	dstTree := false
+	if exchange {
+		if dst, dstTree, err = s.copyUpForRename(dst, dstRel); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.ensureUpperDir(srcDir, srcDirRel); err != nil {
+		return nil, err
+	}
+	if err := s.ensureUpperDir(dstDir, dstDirRel); err != nil {
+		return nil, err
+	}
+
+	s.ns.Lock()
+	defer s.ns.Unlock()
+	// A directory moved into a merged directory is made opaque (as the
+	// kernel does), and one whose tree was copied up must be.
+	if src.IsDir() && (srcTree || isMerged(dstDir)) {
+		if err := s.setOpaque(srcRel); err != nil {
+			return nil, err
+		}
+	}
+	if exchange {
+		if dst.IsDir() && (dstTree || isMerged(srcDir)) {
+			if err := s.setOpaque(dstRel); err != nil {
+				return nil, err
+			}
+		}
+		if err := renameat2(s.upper.fd, srcRel, s.upper.fd, dstRel, unix.RENAME_EXCHANGE); err != nil {
+			return nil, s.upper.err("rename", srcRel, err)
+		}
+		return s.renamed(src, srcTree), nil
+	}
+
+	whiteout, err := s.lowerHas(srcDir, srcDirRel, srcName)
+	if err != nil {
+		return nil, err
+	}
+	dstSt, err := s.upper.lstat(dstRel)
+	dstInUpper := err == nil
+	dstWhiteout := dstInUpper && isWhiteout(&dstSt)
+	if dst != nil && dst.IsDir() {
+		empty, err := s.IsEmpty(dst, dstRel)
+		if err != nil {
+			return nil, err
+		}
+		if !empty {
+			return nil, s.upper.err("rename", dstRel, unix.ENOTEMPTY)
+		}
+		if dstInUpper {
+			// Only whiteouts are left in it; rename(2) replaces
+			// empty directories only.
+			if err := clearDir(s.upper, dstRel); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if dstWhiteout && src.IsDir() {
+		// A directory cannot replace a non-directory: exchange, and
+		// the whiteout lands where the source was.
+		if err := renameat2(s.upper.fd, srcRel, s.upper.fd, dstRel, unix.RENAME_EXCHANGE); err != nil {
+			return nil, s.upper.err("rename", srcRel, err)
+		}
+		if !whiteout {
+			unix.Unlinkat(s.upper.fd, srcRel, 0)
+		}
+		return s.renamed(src, srcTree), nil
+	}
+	var rf uint
+	if whiteout {
+		rf = unix.RENAME_WHITEOUT
+	}
+	err = renameat2(s.upper.fd, srcRel, s.upper.fd, dstRel, rf)
+	if errors.Is(err, unix.EINVAL) && whiteout {
+		// No RENAME_WHITEOUT here: rename, then whiteout.
+		if err = renameat2(s.upper.fd, srcRel, s.upper.fd, dstRel, 0); err == nil {
+			err = mkWhiteout(s.upper.fd, srcRel)
+		}
+	}
+	if err != nil {
+		return nil, s.upper.err("rename", srcRel, err)
+	}
+	return s.renamed(src, srcTree), nil
+}
+
+// isMerged reports whether the directory dir has lower layers.
+func isMerged(dir *Object) bool { return len(dir.Lowers) > 0 || !dir.Layer.upper }
+
+func (s *Stack) renamed(o *Object, tree bool) *Object {
+	c := *o
+	c.Layer = s.upper
+	if tree {
+		c.Lowers = nil
+	}
+	return &c
+}
+
+// copyUpForRename copies o up; a directory with lower parts is copied up
+// with its whole merged tree (tree is then true).
+func (s *Stack) copyUpForRename(o *Object, rel string) (c *Object, tree bool, err error) {
+	if !o.IsDir() {
+		c, err := s.CopyUp(o, rel, true)
+		return c, false, err
+	}
+	if !isMerged(o) {
+		return o, false, nil
+	}
+	c, err = s.CopyUpTree(o, rel)
+	return c, true, err
+}
+
+// CopyUpTree copies the directory o at rel and everything the merged view
+// shows below it into the upper.
+func (s *Stack) CopyUpTree(o *Object, rel string) (*Object, error) {
+	c, err := s.CopyUp(o, rel, false)
+	if err != nil {
+		return nil, err
+	}
+	ents, err := s.Readdir(c, rel)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ents {
+		child, err := s.Lookup(c, rel, e.Name)
+		if err != nil {
+			return nil, err
+		}
+		crel := join(rel, e.Name)
+		if child.IsDir() {
+			_, err = s.CopyUpTree(child, crel)
+		} else {
+			_, err = s.CopyUp(child, crel, true)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// clearDir removes everything inside the upper directory rel.
+func clearDir(l *Layer, rel string) error {
+	names, err := readNames(l, rel)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := removeAll(l, join(rel, n)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
