@@ -1,0 +1,78 @@
+package main
+
+import (
+	"github.com/urfave/cli/v2"
+
+	"github.com/unionmount/unionmount/mount"
+)
+
+const mountUsage = "mount a union of directories, overlayfs style, with FUSE"
+
+const mountUsageText = `unionmount [options] LOWER[:LOWER...] [UPPER] MERGED
+unionmount [options] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER[,workdir=WORK]] [SOURCE] MERGED
+unionmount umount MERGED`
+
+const mountDescription = `Mounts on MERGED the union of the LOWER directories, leftmost on top, and of
+the writable UPPER directory above them all. Changes go to UPPER; the lowers
+are never modified. Without UPPER, or with --read-only, the union is
+read-only. In a LOWER list "\:" is a colon inside a name.
+
+The command returns once the mount is live; the filesystem then runs in the
+background until MERGED is unmounted with "umount MERGED",
+"fusermount3 -u MERGED" or "unionmount umount MERGED". With --foreground it
+stays attached and unmounts on Ctrl-C or SIGTERM.
+
+The work directory must be on UPPER's filesystem. When none is given it is
+DIR/.NAME.work next to the upper DIR/NAME, created on mount.
+
+The -o form is fuse-overlayfs's, so mount(8) and fstab work:
+   mount -t fuse.unionmount unionmount /mnt/merged -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w
+   fstab: unionmount /mnt/merged fuse.unionmount lowerdir=/l1:/l2,upperdir=/u,workdir=/w 0 0
+Other -o options: ro, rw, allow_other, default_permissions, userxattr, debug,
+fsname=NAME; generic mount options (nodev, noatime, nofail, ...) are ignored.
+
+As root, the mount is open to all users (allow_other) and the kernel checks
+permissions (default_permissions). Other users mount through fusermount3,
+and the union keeps its xattrs in user.* (userxattr).
+
+Examples:
+   unionmount /srv/base /srv/changes /mnt/merged
+   unionmount /layers/app:/layers/os /mnt/ro
+   unionmount -o lowerdir=/layers/app:/layers/os,upperdir=/srv/up,workdir=/srv/work /mnt/merged
+   unionmount -f --debug /srv/base /srv/changes /mnt/merged`
+
+var mountFlags = []cli.Flag{
+	&cli.StringSliceFlag{
+		Name:    "options",
+		Aliases: []string{"o"},
+		Usage:   "mount(8) options, comma separated: lowerdir=, upperdir=, workdir=, ro, allow_other, ...",
+	},
+	&cli.StringFlag{
+		Name:    "workdir",
+		Aliases: []string{"w"},
+		Usage:   "work directory on the upper's filesystem (default: DIR/.NAME.work next to the upper)",
+	},
+	&cli.BoolFlag{Name: "read-only", Aliases: []string{"r"}, DisableDefaultText: true, Usage: "mount read-only; an upper is shown but not written"},
+	&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, DisableDefaultText: true, Usage: "stay in the foreground; unmount on SIGINT or SIGTERM"},
+	&cli.BoolFlag{Name: "debug", Aliases: []string{"d"}, DisableDefaultText: true, Usage: "log every FUSE request to stderr (use with --foreground)"},
+	&cli.BoolFlag{Name: "allow-other", DisableDefaultText: true, Usage: "let other users use the mount (default as root)"},
+	&cli.BoolFlag{Name: "no-allow-other", DisableDefaultText: true, Usage: "only the mounting user may use the mount"},
+	&cli.BoolFlag{Name: "default-permissions", DisableDefaultText: true, Usage: "let the kernel check permissions (default as root)"},
+	&cli.BoolFlag{Name: "no-default-permissions", DisableDefaultText: true, Usage: "do not ask the kernel to check permissions"},
+	&cli.BoolFlag{Name: "userxattr", DisableDefaultText: true, Usage: "keep the union's xattrs in user.* (default when not root)"},
+}
+
+func mountAction(c *cli.Context) error {
+	o := mount.NewOptions()
+	o.Foreground = c.Bool("foreground")
+	o.ReadOnly = c.Bool("read-only")
+	o.Debug = c.Bool("debug")
+	o.Work = c.String("workdir")
+	o.AllowOther = (o.AllowOther || c.Bool("allow-other")) && !c.Bool("no-allow-other")
+	o.DefaultPermissions = (o.DefaultPermissions || c.Bool("default-permissions")) && !c.Bool("no-default-permissions")
+	o.UserXattr = o.UserXattr || c.Bool("userxattr")
+	if err := o.Parse(c.Args().Slice(), c.StringSlice("options")); err != nil {
+		return err
+	}
+	return mount.Run(o)
+}

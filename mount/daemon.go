@@ -1,0 +1,145 @@
+package mount
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// daemonEnv names the file descriptor on which a daemon reports to the
+// command that started it: "ok" once the mount is live, or the error.
+const daemonEnv = "_UNIONMOUNT_DAEMON_FD"
+
+// reportOK is the daemon's message for a live mount.
+const reportOK = "ok"
+
+// Run validates o, mounts it and serves it until it is unmounted. In the
+// foreground it logs the mount to stderr and serves in this process.
+// Otherwise it starts a daemon that runs the same command line, and returns
+// once the mount is live (nil) or failed (the daemon's error).
+func Run(o *Options) error {
+	if report := daemonReport(); report != nil {
+		return runDaemon(o, report)
+	}
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	if !o.Foreground {
+		return startDaemon()
+	}
+	u, err := Mount(o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "unionmount: mounted %s\n", o.describe())
+	return u.Serve()
+}
+
+// describe says what is mounted where, for the foreground log.
+func (o *Options) describe() string {
+	s := fmt.Sprintf("%s on %s", JoinLowers(o.Lowers), o.Mountpoint)
+	if o.Upper == "" {
+		return s + " (read-only)"
+	}
+	return fmt.Sprintf("%s (upper %s, workdir %s)", s, o.Upper, o.Work)
+}
+
+// startDaemon re-executes this command line in a new session, detached
+// from the caller's terminal and stdio, so that a caller reading our
+// output through a pipe sees EOF when we exit. It waits for the daemon's
+// report. The child validates again and mounts; running the same command
+// line makes it parse exactly what this process parsed.
+func startDaemon() error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	defer r.Close()
+	cmd := exec.Command(exe, os.Args[1:]...)
+	// Stdin, Stdout and Stderr stay nil: /dev/null.
+	cmd.Env = append(os.Environ(), daemonEnv+"=3")
+	cmd.ExtraFiles = []*os.File{w} // fd 3
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	w.Close() // so that r sees EOF when the daemon closes its end
+	if err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	msg, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("read daemon report: %w", err)
+	}
+	switch report := strings.TrimSpace(string(msg)); report {
+	case reportOK:
+		// The daemon lives on; init reaps it.
+		_ = cmd.Process.Release()
+		return nil
+	case "":
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("daemon exited before mounting: %w", err)
+		}
+		return errors.New("daemon exited before mounting")
+	default:
+		_ = cmd.Wait() // it exits right after reporting
+		return errors.New(report)
+	}
+}
+
+// daemonReport returns the pipe to report on when this process is a
+// daemon started by startDaemon, and nil otherwise.
+func daemonReport() *os.File {
+	v, ok := os.LookupEnv(daemonEnv)
+	if !ok {
+		return nil
+	}
+	os.Unsetenv(daemonEnv) // not for fusermount3 or anything else we run
+	if v != "3" {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(3, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return nil // not started by startDaemon
+	}
+	return os.NewFile(3, "daemon-report")
+}
+
+// runDaemon is Run in the daemon: it reports the outcome of validating and
+// mounting on report, then serves until unmounted.
+func runDaemon(o *Options, report *os.File) error {
+	u, err := validateAndMount(o)
+	msg := reportOK
+	if err != nil {
+		msg = err.Error()
+	}
+	_, werr := io.WriteString(report, msg+"\n")
+	report.Close()
+	if err != nil {
+		return err
+	}
+	if werr != nil {
+		// Nobody learns that the mount is live; take it down again.
+		_ = u.server.Unmount()
+		_ = u.Wait()
+		return fmt.Errorf("report to parent: %w", werr)
+	}
+	// Keep no directory busy: the paths in o are absolute.
+	_ = os.Chdir("/")
+	return u.Serve()
+}
+
+func validateAndMount(o *Options) (*Union, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	return Mount(o)
+}

@@ -1,0 +1,179 @@
+package mount
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/cow"
+	"github.com/unionmount/unionmount/fs"
+)
+
+// Union is a live mount: the opened stack and the server that serves it.
+type Union struct {
+	opts   Options
+	stack  *cow.Stack
+	server *fuse.Server
+}
+
+// Mount creates the workdir if needed, opens the stack and mounts it on
+// o.Mountpoint. It returns once the kernel serves the mount point.
+//
+// Preconditions: o.Validate succeeded.
+func Mount(o *Options) (*Union, error) {
+	createdWork := false
+	if o.Work != "" {
+		err := os.Mkdir(o.Work, 0o700)
+		if err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("create workdir: %w", err)
+		}
+		createdWork = err == nil
+	}
+	u, err := mountStack(o)
+	if err != nil && createdWork {
+		// A failed mount leaves nothing behind. The directory is new,
+		// so only the stack's own files can be in it.
+		_ = os.RemoveAll(o.Work)
+	}
+	return u, err
+}
+
+func mountStack(o *Options) (*Union, error) {
+	st, err := cow.Open(cow.Config{
+		Lowers:    o.Lowers,
+		Upper:     o.Upper,
+		Work:      o.Work,
+		UserXattr: o.UserXattr,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open layers: %w", err)
+	}
+	server, err := fs.Mount(o.Mountpoint, st, o.fuseOptions())
+	if err != nil {
+		_ = st.Close() // the mount error is the one to report
+		return nil, fmt.Errorf("mount %s: %w", o.Mountpoint, err)
+	}
+	return &Union{opts: *o, stack: st, server: server}, nil
+}
+
+// fuseOptions are the lifecycle options of the mount; package fs adds the
+// caching policy.
+func (o *Options) fuseOptions() fuse.MountOptions {
+	mo := fuse.MountOptions{
+		FsName:     o.FsName,
+		Name:       Name,
+		AllowOther: o.AllowOther,
+		Debug:      o.Debug,
+	}
+	if mo.FsName == "" {
+		mo.FsName = Name
+	}
+	if o.DefaultPermissions {
+		mo.Options = append(mo.Options, "default_permissions")
+	}
+	if os.Geteuid() == 0 {
+		// Root needs no fusermount3; go-fuse falls back to it if
+		// mount(2) fails. Flags must then be bits, not options.
+		mo.DirectMount = true
+		if o.ReadOnly {
+			mo.DirectMountFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_RDONLY
+		}
+	} else if o.ReadOnly {
+		mo.Options = append(mo.Options, "ro")
+	}
+	return mo
+}
+
+// Wait blocks until the mount point is unmounted, by anyone, then closes
+// the stack.
+func (u *Union) Wait() error {
+	u.server.Wait()
+	if err := u.stack.Close(); err != nil {
+		return fmt.Errorf("close layers: %w", err)
+	}
+	return nil
+}
+
+// Serve is Wait that also unmounts on SIGINT or SIGTERM. A busy mount is
+// detached lazily and stays served until its last user lets go; a second
+// signal then stops serving at once.
+func (u *Union) Serve() error {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	done := make(chan error, 1)
+	go func() { done <- u.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-sigs:
+	}
+	if err := u.server.Unmount(); err != nil {
+		if err := unmount(u.opts.Mountpoint, true); err != nil {
+			return err
+		}
+	}
+	select {
+	case err := <-done:
+		return err
+	case sig := <-sigs:
+		return fmt.Errorf("%s still busy, stopped by %v", u.opts.Mountpoint, sig)
+	}
+}
+
+// Unmount unmounts the unionmount mount on dir: with umount(2) as root and
+// with fusermount3 -u otherwise. A lazy unmount detaches a busy mount now
+// and finishes once it is no longer used.
+func Unmount(dir string, lazy bool) error {
+	p, err := resolveParent(dir)
+	if err != nil {
+		return describe(roleMountpoint, dir, err)
+	}
+	m, ok, err := lookupMount(p)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%s is not a mount point", p)
+	}
+	if m.fsType != FSType {
+		return fmt.Errorf("%s is not a unionmount mount but %s", p, m.fsType)
+	}
+	return unmount(p, lazy)
+}
+
+func unmount(dir string, lazy bool) error {
+	if os.Geteuid() == 0 {
+		flags := 0
+		if lazy {
+			flags = unix.MNT_DETACH
+		}
+		if err := unix.Unmount(dir, flags); err != nil {
+			if errors.Is(err, unix.EBUSY) {
+				return fmt.Errorf("unmount %s: %w (try --lazy)", dir, err)
+			}
+			return fmt.Errorf("unmount %s: %w", dir, err)
+		}
+		return nil
+	}
+	args := []string{"-u", dir}
+	if lazy {
+		args = []string{"-u", "-z", dir}
+	}
+	out, err := exec.Command("fusermount3", args...).CombinedOutput()
+	if err != nil {
+		if msg := strings.TrimSpace(string(out)); msg != "" {
+			return fmt.Errorf("unmount %s: %s", dir, msg)
+		}
+		return fmt.Errorf("unmount %s: fusermount3: %w", dir, err)
+	}
+	return nil
+}
