@@ -189,20 +189,53 @@ func (s *Stack) Fsyncdir(rel string) error {
 }
 
 // Tmpfile creates an unnamed file (O_TMPFILE) in the merged directory dir
-// at rel.
-func (s *Stack) Tmpfile(dir *Object, rel string, flags int, mode uint32, who Owner) (int, error) {
+// at rel, for LinkTmpfile to name later.
+func (s *Stack) Tmpfile(dir *Object, rel string, flags int, mode uint32, who Owner) (int, *Object, error) {
 	if err := s.ensureUpperDir(dir, rel); err != nil {
-		return -1, err
+		return -1, nil, err
 	}
-	fd, err := s.upper.open(rel, flags&^unix.O_CREAT|unix.O_TMPFILE, mode)
+	flags = flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_DIRECTORY) | unix.O_TMPFILE
+	fd, err := s.upper.open(rel, flags, mode)
 	if err != nil {
-		return -1, err
+		return -1, nil, err
 	}
-	if s.root {
-		if err := unix.Fchown(fd, int(who.UID), int(who.GID)); err != nil {
-			unix.Close(fd)
-			return -1, err
+	var st unix.Stat_t
+	err = unix.Fstat(fd, &st)
+	if err == nil && s.root {
+		err = unix.Fchown(fd, int(who.UID), int(who.GID))
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, nil, err
+	}
+	return fd, &Object{Layer: s.upper, Mode: st.Mode, Ino: st.Ino | s.upper.inoHigh}, nil
+}
+
+// LinkTmpfile gives the O_TMPFILE file open as fd (the object o) the name
+// name in the merged directory dir at dirRel.
+func (s *Stack) LinkTmpfile(fd int, o *Object, dir *Object, dirRel, name string) (*Object, error) {
+	if err := s.ensureUpperDir(dir, dirRel); err != nil {
+		return nil, err
+	}
+	s.ns.Lock()
+	defer s.ns.Unlock()
+	over, err := s.prepareCreate(dirRel, name)
+	if err != nil {
+		return nil, err
+	}
+	rel := join(dirRel, name)
+	dst, dstName := s.upper.fd, rel
+	if over {
+		dst, dstName = s.work.fd, s.tmpName()
+	}
+	if err := unix.Linkat(unix.AT_FDCWD, procPath(fd), dst, dstName, unix.AT_SYMLINK_FOLLOW); err != nil {
+		return nil, s.upper.err("link", rel, err)
+	}
+	if over {
+		if err := s.replaceWhiteout(dstName, rel, false); err != nil {
+			unix.Unlinkat(s.work.fd, dstName, 0)
+			return nil, err
 		}
 	}
-	return fd, nil
+	return o, nil
 }

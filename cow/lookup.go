@@ -146,12 +146,12 @@ func (s *Stack) Stat(o *Object, rel string) (unix.Stat_t, error) {
 	if err != nil {
 		return st, err
 	}
-	s.fixStat(o, &st)
+	s.FixStat(o, &st)
 	return st, nil
 }
 
-// fixStat turns a layer's attributes into the merged view's.
-func (s *Stack) fixStat(o *Object, st *unix.Stat_t) {
+// FixStat turns a layer's attributes into the merged view's.
+func (s *Stack) FixStat(o *Object, st *unix.Stat_t) {
 	st.Ino = o.Ino
 	// A merged directory reports one link, as the kernel's does:
 	// counting subdirectories across layers is not worth it.

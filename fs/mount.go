@@ -1,9 +1,12 @@
 package fs
 
 import (
-	"errors"
+	"fmt"
+	"time"
 
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/cow"
 )
@@ -12,5 +15,21 @@ import (
 // lifecycle options (allow_other, fsname, debug); Mount adds the caching
 // policy and returns once the kernel has the mount.
 func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions) (*fuse.Server, error) {
-	return nil, errors.New("not yet")
+	root, err := st.Root()
+	if err != nil {
+		return nil, fmt.Errorf("root directory: %w", err)
+	}
+	// Modes of new objects arrive with the caller's umask applied; the
+	// daemon's own must not apply a second time.
+	unix.Umask(0)
+	timeout := time.Second
+	opts := &fusefs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		NullPermissions: true,
+		RootStableAttr:  &fusefs.StableAttr{Mode: unix.S_IFDIR, Ino: root.Ino},
+	}
+	return fusefs.Mount(mountpoint, newNode(st, root), opts)
 }

@@ -1,0 +1,169 @@
+package fs
+
+import (
+	"context"
+	"strings"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/cow"
+)
+
+var _ = (fusefs.NodeGetattrer)((*Node)(nil))
+
+// Getattr implements fusefs.NodeGetattrer.
+func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if h, ok := f.(*handle); ok {
+		return h.Getattr(ctx, out)
+	}
+	rel, o, e := n.object()
+	if e != 0 {
+		return e
+	}
+	st, err := n.st.Stat(o, rel)
+	if err != nil {
+		return errno(err)
+	}
+	fillAttr(&out.Attr, &st)
+	return 0
+}
+
+var _ = (fusefs.NodeSetattrer)((*Node)(nil))
+
+// Setattr implements fusefs.NodeSetattrer.
+func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	rel, o, e := n.object()
+	if e != 0 {
+		return e
+	}
+	a := cow.Attr{FromHandle: -1}
+	if m, ok := in.GetMode(); ok {
+		a.Mode = &m
+	}
+	if uid, ok := in.GetUID(); ok {
+		a.UID = &uid
+	}
+	if gid, ok := in.GetGID(); ok {
+		a.GID = &gid
+	}
+	if sz, ok := in.GetSize(); ok {
+		a.Size = &sz
+		if h, ok := f.(*handle); ok && h.upper {
+			a.FromHandle = h.current()
+		}
+	}
+	a.Atime = timespec(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec)
+	a.Mtime = timespec(in.Valid, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec)
+	c, err := n.st.Setattr(o, rel, a)
+	if err != nil {
+		return errno(err)
+	}
+	n.setObject(c)
+	st, err := n.st.Stat(c, rel)
+	if err != nil {
+		return errno(err)
+	}
+	fillAttr(&out.Attr, &st)
+	return 0
+}
+
+func timespec(valid, set, now uint32, sec uint64, nsec uint32) *unix.Timespec {
+	switch {
+	case valid&now != 0:
+		return &unix.Timespec{Nsec: unix.UTIME_NOW}
+	case valid&set != 0:
+		return &unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
+	}
+	return nil
+}
+
+var _ = (fusefs.NodeReadlinker)((*Node)(nil))
+
+// Readlink implements fusefs.NodeReadlinker.
+func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	rel, o, e := n.object()
+	if e != 0 {
+		return nil, e
+	}
+	t, err := n.st.Readlink(o, rel)
+	if err != nil {
+		return nil, errno(err)
+	}
+	return []byte(t), 0
+}
+
+var _ = (fusefs.NodeGetxattrer)((*Node)(nil))
+
+// Getxattr implements fusefs.NodeGetxattrer.
+func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	rel, o, e := n.object()
+	if e != 0 {
+		return 0, e
+	}
+	v, err := n.st.Getxattr(o, rel, attr)
+	if err != nil {
+		return 0, errno(err)
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+var _ = (fusefs.NodeListxattrer)((*Node)(nil))
+
+// Listxattr implements fusefs.NodeListxattrer.
+func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	rel, o, e := n.object()
+	if e != 0 {
+		return 0, e
+	}
+	names, err := n.st.Listxattr(o, rel)
+	if err != nil {
+		return 0, errno(err)
+	}
+	var b strings.Builder
+	for _, nm := range names {
+		b.WriteString(nm)
+		b.WriteByte(0)
+	}
+	if len(dest) < b.Len() {
+		return uint32(b.Len()), syscall.ERANGE
+	}
+	return uint32(copy(dest, b.String())), 0
+}
+
+var _ = (fusefs.NodeSetxattrer)((*Node)(nil))
+
+// Setxattr implements fusefs.NodeSetxattrer.
+func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	rel, o, e := n.object()
+	if e != 0 {
+		return e
+	}
+	c, err := n.st.Setxattr(o, rel, attr, data, int(flags))
+	if err != nil {
+		return errno(err)
+	}
+	n.setObject(c)
+	return 0
+}
+
+var _ = (fusefs.NodeRemovexattrer)((*Node)(nil))
+
+// Removexattr implements fusefs.NodeRemovexattrer.
+func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	rel, o, e := n.object()
+	if e != 0 {
+		return e
+	}
+	c, err := n.st.Removexattr(o, rel, attr)
+	if err != nil {
+		return errno(err)
+	}
+	n.setObject(c)
+	return 0
+}

@@ -1,0 +1,156 @@
+package fs
+
+import (
+	"context"
+	"sync"
+	"syscall"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/cow"
+)
+
+// Node is one merged object.
+type Node struct {
+	fusefs.Inode
+	st *cow.Stack
+
+	// mu protects obj and stale.
+	mu  sync.Mutex
+	obj *cow.Object
+	// stale is set when obj may no longer describe the object (its tree
+	// was copied up by a rename); the next use looks it up again.
+	stale bool
+	// tmpfd is the open descriptor of an O_TMPFILE file until it is
+	// linked into place, else -1.
+	tmpfd int
+}
+
+func newNode(st *cow.Stack, o *cow.Object) *Node {
+	return &Node{st: st, obj: o, tmpfd: -1}
+}
+
+func (n *Node) idFor(o *cow.Object) fusefs.StableAttr {
+	return fusefs.StableAttr{Mode: o.Mode & unix.S_IFMT, Ino: o.Ino}
+}
+
+// rel returns the node's path relative to the layer roots, and false when
+// the node has no name any more.
+func (n *Node) rel() (string, bool) {
+	var segs []string
+	p := &n.Inode
+	for !p.IsRoot() {
+		name, parent := p.Parent()
+		if parent == nil {
+			return "", false
+		}
+		segs = append(segs, name)
+		p = parent
+	}
+	size := 0
+	for _, s := range segs {
+		size += len(s) + 1
+	}
+	b := make([]byte, 0, size)
+	for i := len(segs) - 1; i >= 0; i-- {
+		if len(b) > 0 {
+			b = append(b, '/')
+		}
+		b = append(b, segs[i]...)
+	}
+	return string(b), true
+}
+
+// object returns the node's path and current object, looking it up again
+// if it went stale.
+func (n *Node) object() (string, *cow.Object, syscall.Errno) {
+	rel, ok := n.rel()
+	n.mu.Lock()
+	o, stale := n.obj, n.stale
+	n.mu.Unlock()
+	if !ok {
+		if o == nil {
+			return "", nil, syscall.ENOENT
+		}
+		return "", o, syscall.ESTALE
+	}
+	if !stale || n.IsRoot() {
+		return rel, o, 0
+	}
+	name, parent := n.Parent()
+	if parent == nil {
+		return rel, o, syscall.ENOENT
+	}
+	pn := parent.Operations().(*Node)
+	prel, po, e := pn.object()
+	if e != 0 {
+		return rel, o, e
+	}
+	fresh, err := n.st.Lookup(po, prel, name)
+	if err != nil {
+		return rel, o, errno(err)
+	}
+	n.setObject(fresh)
+	return rel, fresh, 0
+}
+
+func (n *Node) setObject(o *cow.Object) {
+	n.mu.Lock()
+	n.obj = o
+	n.stale = false
+	n.mu.Unlock()
+}
+
+// invalidate marks n stale.
+func (n *Node) invalidate() {
+	n.mu.Lock()
+	n.stale = true
+	n.mu.Unlock()
+}
+
+// invalidateTree marks n and every node below it stale.
+func (n *Node) invalidateTree() {
+	n.invalidate()
+	for _, ch := range n.Children() {
+		ch.Operations().(*Node).invalidateTree()
+	}
+}
+
+// child returns the inode for o, named name in n: the existing one when
+// it is the same object, else a new one.
+func (n *Node) child(ctx context.Context, name string, o *cow.Object) *fusefs.Inode {
+	if ch := n.GetChild(name); ch != nil && ch.StableAttr() == n.idFor(o) {
+		ch.Operations().(*Node).setObject(o)
+		return ch
+	}
+	return n.NewInode(ctx, newNode(n.st, o), n.idFor(o))
+}
+
+// owner returns the caller of a request.
+func owner(ctx context.Context) cow.Owner {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return cow.Owner{UID: c.Uid, GID: c.Gid}
+	}
+	return cow.Owner{}
+}
+
+// fillAttr copies st into out.
+func fillAttr(out *fuse.Attr, st *unix.Stat_t) {
+	out.Ino = st.Ino
+	out.Size = uint64(st.Size)
+	out.Blocks = uint64(st.Blocks)
+	out.Atime = uint64(st.Atim.Sec)
+	out.Atimensec = uint32(st.Atim.Nsec)
+	out.Mtime = uint64(st.Mtim.Sec)
+	out.Mtimensec = uint32(st.Mtim.Nsec)
+	out.Ctime = uint64(st.Ctim.Sec)
+	out.Ctimensec = uint32(st.Ctim.Nsec)
+	out.Mode = st.Mode
+	out.Nlink = uint32(st.Nlink)
+	out.Uid = st.Uid
+	out.Gid = st.Gid
+	out.Rdev = uint32(st.Rdev)
+	out.Blksize = uint32(st.Blksize)
+}
