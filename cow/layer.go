@@ -83,7 +83,7 @@ func (l *Layer) err(op, rel string, err error) error {
 func (l *Layer) open(rel string, flags int, mode uint32) (int, error) {
 	how := unix.OpenHow{
 		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
-		Mode:    uint64(mode),
+		Mode:    uint64(mode & 0o7777),
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	}
 	if flags&(unix.O_CREAT|unix.O_TMPFILE) == 0 {

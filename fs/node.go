@@ -71,10 +71,8 @@ func (n *Node) object() (string, *cow.Object, syscall.Errno) {
 	o, stale := n.obj, n.stale
 	n.mu.Unlock()
 	if !ok {
-		if o == nil {
-			return "", nil, syscall.ENOENT
-		}
-		return "", o, syscall.ESTALE
+		// Removed meanwhile; an open handle still works on its own.
+		return "", o, syscall.ENOENT
 	}
 	if !stale || n.IsRoot() {
 		return rel, o, 0
