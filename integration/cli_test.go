@@ -490,7 +490,12 @@ func TestMountOptionSyntax(t *testing.T) {
 	}
 	for name, args := range forms {
 		t.Run(name, func(t *testing.T) {
-			mountUnion(t, args...)
+			needFUSE(t)
+			out, err := run(args...)
+			t.Cleanup(func() { unmount(t, tr.merged) })
+			if err != nil {
+				t.Fatalf("unionmount %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
 			cliCheckFile(t, filepath.Join(tr.merged, "a"), "l1")
 			cliCheckFile(t, filepath.Join(tr.merged, "b"), "l2b")
 			if st, err := os.Stat(work); err != nil || !st.IsDir() {
