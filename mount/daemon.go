@@ -1,6 +1,7 @@
 package mount
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -54,45 +55,84 @@ func (o *Options) describe() string {
 // from the caller's terminal and stdio, so that a caller reading our
 // output through a pipe sees EOF when we exit. It waits for the daemon's
 // report. The child validates again and mounts; running the same command
-// line makes it parse exactly what this process parsed.
+// line makes it parse exactly what this process parsed. Until it reports,
+// the child's stderr comes to us too, because that is where fusermount3
+// explains its failures.
 func startDaemon() error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own executable: %w", err)
 	}
-	r, w, err := os.Pipe()
+	report, reportW, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("start daemon: %w", err)
 	}
-	defer r.Close()
+	defer report.Close()
+	stderr, stderrW, err := os.Pipe()
+	if err != nil {
+		reportW.Close()
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	defer stderr.Close()
 	cmd := exec.Command(exe, os.Args[1:]...)
-	// Stdin, Stdout and Stderr stay nil: /dev/null.
+	// Stdin and Stdout stay nil: /dev/null.
+	cmd.Stderr = stderrW
 	cmd.Env = append(os.Environ(), daemonEnv+"=3")
-	cmd.ExtraFiles = []*os.File{w} // fd 3
+	cmd.ExtraFiles = []*os.File{reportW} // fd 3
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
-	w.Close() // so that r sees EOF when the daemon closes its end
+	// Only the child may hold the write ends, so that our reads end
+	// when it is done with them.
+	reportW.Close()
+	stderrW.Close()
 	if err != nil {
 		return fmt.Errorf("start daemon: %w", err)
 	}
-	msg, err := io.ReadAll(r)
+	diag := make(chan []string, 1)
+	go func() { diag <- lastLines(stderr) }()
+	msg, err := io.ReadAll(report)
 	if err != nil {
 		return fmt.Errorf("read daemon report: %w", err)
 	}
+	lines := <-diag
 	switch report := strings.TrimSpace(string(msg)); report {
 	case reportOK:
+		for _, l := range lines {
+			fmt.Fprintln(os.Stderr, l)
+		}
 		// The daemon lives on; init reaps it.
 		_ = cmd.Process.Release()
 		return nil
 	case "":
-		if err := cmd.Wait(); err != nil {
-			return fmt.Errorf("daemon exited before mounting: %w", err)
+		err := cmd.Wait()
+		if len(lines) > 0 {
+			return fmt.Errorf("daemon exited before mounting (%v): %s", err, lines[len(lines)-1])
 		}
-		return errors.New("daemon exited before mounting")
+		return fmt.Errorf("daemon exited before mounting (%v)", err)
 	default:
 		_ = cmd.Wait() // it exits right after reporting
+		if len(lines) > 0 {
+			return fmt.Errorf("%s (%s)", report, strings.Join(lines, "; "))
+		}
 		return errors.New(report)
 	}
+}
+
+// lastLines reads r to EOF and returns its last few non-empty lines.
+func lastLines(r io.Reader) []string {
+	const keep = 5
+	var lines []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			lines = append(lines, l)
+			if len(lines) > keep {
+				lines = lines[1:]
+			}
+		}
+	}
+	_, _ = io.Copy(io.Discard, r) // after an overlong line
+	return lines
 }
 
 // daemonReport returns the pipe to report on when this process is a
@@ -123,6 +163,7 @@ func runDaemon(o *Options, report *os.File) error {
 	}
 	_, werr := io.WriteString(report, msg+"\n")
 	report.Close()
+	detachStderr()
 	if err != nil {
 		return err
 	}
@@ -135,6 +176,17 @@ func runDaemon(o *Options, report *os.File) error {
 	// Keep no directory busy: the paths in o are absolute.
 	_ = os.Chdir("/")
 	return u.Serve()
+}
+
+// detachStderr points stderr at /dev/null: the command that started the
+// daemon has returned, and nobody reads the pipe any more.
+func detachStderr() {
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return // keep the pipe; writes to it fail harmlessly
+	}
+	_ = unix.Dup3(int(null.Fd()), 2, 0)
+	null.Close()
 }
 
 func validateAndMount(o *Options) (*Union, error) {
