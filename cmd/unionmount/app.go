@@ -8,19 +8,23 @@ import (
 
 // New returns the unionmount application. Mounting is its default action,
 // so that "unionmount LOWER UPPER MERGED" and the mount.fuse3 helper call
-// "unionmount SOURCE MERGED -o OPTS" need no command word.
+// "unionmount SOURCE MERGED -o OPTS" need no command word; a lower named
+// like a command (umount, unmount) is written ./umount.
 func New() *cli.App {
 	umountCommand.OnUsageError = onUsageError
 	return &cli.App{
-		Name:         "unionmount",
-		Usage:        mountUsage,
-		UsageText:    mountUsageText,
-		Description:  mountDescription,
-		Flags:        mountFlags,
-		Action:       mountAction,
-		Commands:     []*cli.Command{umountCommand},
-		HideVersion:  true,
-		OnUsageError: onUsageError,
+		Name:        "unionmount",
+		Usage:       mountUsage,
+		UsageText:   mountUsageText,
+		Description: mountDescription,
+		Flags:       mountFlags,
+		Action:      mountAction,
+		Commands:    []*cli.Command{umountCommand},
+		HideVersion: true,
+		// Positional arguments are directories: no "help" or "h"
+		// command may capture one. --help remains.
+		HideHelpCommand: true,
+		OnUsageError:    onUsageError,
 		// -o values are mount(8) option lists; only mount.Parse splits
 		// them.
 		DisableSliceFlagSeparator: true,
