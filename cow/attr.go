@@ -26,13 +26,13 @@ func (s *Stack) Open(o *Object, rel string, flags int) (int, *Object, error) {
 	if !o.Layer.upper {
 		flags = unix.O_RDONLY | flags&unix.O_NONBLOCK
 	}
-	fd, err := o.Layer.open(rel, flags, 0)
+	fd, err := o.Layer.open(o.loc(rel), flags, 0)
 	return fd, o, err
 }
 
 // Readlink returns the target of the symlink o at rel.
 func (s *Stack) Readlink(o *Object, rel string) (string, error) {
-	t, err := readlinkat(o.Layer.fd, rel)
+	t, err := readlinkat(o.Layer.fd, o.loc(rel))
 	if err != nil {
 		return "", o.Layer.err("readlink", rel, err)
 	}
@@ -60,7 +60,8 @@ func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
 		}
 		o = c
 	}
-	u := s.upper
+	u := o.Layer
+	rel = o.loc(rel)
 	isLink := o.Mode&unix.S_IFMT == unix.S_IFLNK
 	if a.UID != nil || a.GID != nil {
 		uid, gid := -1, -1
@@ -116,7 +117,7 @@ func (s *Stack) Getxattr(o *Object, rel, name string) ([]byte, error) {
 		return nil, unix.ENODATA
 	}
 	var v []byte
-	err := o.Layer.withPath(rel, func(p string) error {
+	err := o.Layer.withPath(o.loc(rel), func(p string) error {
 		var err error
 		v, err = getxattrPath(p, name)
 		return err
@@ -127,7 +128,7 @@ func (s *Stack) Getxattr(o *Object, rel, name string) ([]byte, error) {
 // Listxattr lists the xattrs of o at rel, except the union's own.
 func (s *Stack) Listxattr(o *Object, rel string) ([]string, error) {
 	var names []string
-	err := o.Layer.withPath(rel, func(p string) error {
+	err := o.Layer.withPath(o.loc(rel), func(p string) error {
 		all, err := listxattrPath(p)
 		for _, n := range all {
 			if !IsPrivateXattr(n) {
@@ -165,9 +166,9 @@ func (s *Stack) changeXattr(o *Object, rel, name string, change func(p string) e
 		}
 		o = c
 	}
-	err := s.upper.withPath(rel, change)
+	err := o.Layer.withPath(o.loc(rel), change)
 	if err != nil {
-		return nil, fmt.Errorf("xattr %s on %s: %w", name, path.Join(s.upper.Dir, rel), err)
+		return nil, fmt.Errorf("xattr %s on %s: %w", name, path.Join(o.Layer.Dir, o.loc(rel)), err)
 	}
 	return o, nil
 }

@@ -21,6 +21,9 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 	if s.upper == nil {
 		return nil, &errRO
 	}
+	if o.indexName != "" {
+		return s.materialize(o, rel)
+	}
 	if o.Layer.upper {
 		return o, nil
 	}
@@ -38,9 +41,21 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 		return nil, err
 	}
 	tmp := s.tmpName()
+	// A file with several names keeps its data whole even when the
+	// caller would truncate it: the other names still show it.
+	multi := src.Nlink > 1 && !o.IsDir() && s.index != nil
+	if multi {
+		data = true
+	}
 	if err := s.buildCopy(o, rel, &src, tmp, data); err != nil {
 		removeAll(s.work, tmp)
 		return nil, fmt.Errorf("copy up %s: %w", rel, err)
+	}
+	if multi {
+		if err := s.indexCopy(o, tmp, src.Nlink); err != nil {
+			removeAll(s.work, tmp)
+			return nil, fmt.Errorf("copy up %s: %w", rel, err)
+		}
 	}
 	s.ns.Lock()
 	err = renameat2(s.work.fd, tmp, s.upper.fd, rel, unix.RENAME_NOREPLACE)
@@ -49,7 +64,11 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 		removeAll(s.work, tmp)
 		return nil, fmt.Errorf("copy up %s: %w", rel, s.upper.err("rename", rel, err))
 	}
-	return s.upperObject(o, rel, &src), nil
+	c := s.upperObject(o, rel, &src)
+	if multi {
+		c.Layer, c.indexName = s.index, indexName(o.Ino)
+	}
+	return c, nil
 }
 
 // upperObject returns o as it is once copied up.

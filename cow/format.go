@@ -25,6 +25,12 @@ import (
 //   - trusted.unionmount.ino (user.unionmount.ino in userxattr mode): the
 //     merged inode number of an object copied up from a lower layer, in
 //     decimal, so st_ino survives copy-up and remount.
+//   - WORK/linkindex/INO: a hard link to the upper copy of a lower file that
+//     has several names (st_nlink > 1), named after its merged inode number,
+//     so the names not yet in the upper show the copy too, also after a
+//     remount (the kernel keeps the same kind of index with index=on).
+//   - trusted.unionmount.lowerlinks (user.* in userxattr mode) on such a
+//     copy: how many of its lower names still show it through the index.
 
 const (
 	whiteoutPrefix = ".wh."
@@ -87,6 +93,13 @@ func (s *Stack) opaqueXattr() string {
 		return "user.overlay.opaque"
 	}
 	return "trusted.overlay.opaque"
+}
+
+func (s *Stack) lowerLinksXattr() string {
+	if s.cfg.UserXattr {
+		return "user.unionmount.lowerlinks"
+	}
+	return "trusted.unionmount.lowerlinks"
 }
 
 func (s *Stack) inoXattr() string {

@@ -20,6 +20,9 @@ type Object struct {
 	Ino uint64
 	// Mode is the file type and permission bits.
 	Mode uint32
+	// indexName is the object's name in the link index when it is served
+	// from there (Layer is then the index); see linkindex.go.
+	indexName string
 }
 
 // IsDir reports whether o is a directory.
@@ -90,6 +93,10 @@ func (s *Stack) Lookup(dir *Object, dirRel, name string) (*Object, error) {
 		isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
 		if o == nil {
 			o = &Object{Layer: l, Ino: s.ino(l, rel, &st), Mode: st.Mode}
+			if io, ok := s.indexed(l, &st, o.Ino); ok {
+				o = io
+				break
+			}
 			if !isDir {
 				if !l.upper {
 					o.Lowers = []*Layer{l}
@@ -142,7 +149,7 @@ func (s *Stack) lowerHas(dir *Object, dirRel, name string) (bool, error) {
 
 // Stat returns the attributes of o at rel as the merged view shows them.
 func (s *Stack) Stat(o *Object, rel string) (unix.Stat_t, error) {
-	st, err := o.Layer.lstat(rel)
+	st, err := o.Layer.lstat(o.loc(rel))
 	if err != nil {
 		return st, err
 	}
@@ -157,5 +164,8 @@ func (s *Stack) FixStat(o *Object, st *unix.Stat_t) {
 	// counting subdirectories across layers is not worth it.
 	if o.IsDir() && (len(o.Lowers) > 0) {
 		st.Nlink = 1
+	}
+	if o.indexName != "" {
+		st.Nlink = s.nlink(o, st)
 	}
 }

@@ -309,6 +309,9 @@ func (s *Stack) remove(dir *Object, dirRel, name string, o *Object) error {
 		if err := mkWhiteout(s.upper.fd, rel); err != nil {
 			return s.upper.err("whiteout", rel, err)
 		}
+		if o.indexName != "" {
+			return s.addLowerLinks(o.indexName, -1)
+		}
 	}
 	return nil
 }

@@ -120,6 +120,12 @@ func (s *Stack) Rename(srcDir *Object, srcDirRel, srcName string, src *Object,
 	if err != nil {
 		return nil, s.upper.err("rename", srcRel, err)
 	}
+	if dst != nil && dst.indexName != "" && !dstInUpper {
+		// One lower name of an indexed copy is now hidden.
+		if err := s.addLowerLinks(dst.indexName, -1); err != nil {
+			return nil, err
+		}
+	}
 	return s.renamed(src, srcTree), nil
 }
 
@@ -128,7 +134,9 @@ func isMerged(dir *Object) bool { return len(dir.Lowers) > 0 || !dir.Layer.upper
 
 func (s *Stack) renamed(o *Object, tree bool) *Object {
 	c := *o
-	c.Layer = s.upper
+	if c.indexName == "" {
+		c.Layer = s.upper
+	}
 	if tree {
 		c.Lowers = nil
 	}

@@ -41,6 +41,7 @@ type Stack struct {
 	cfg    Config
 	upper  *Layer // nil for a read-only union
 	work   *Layer // the "work" directory inside Config.Work
+	index  *Layer // the "linkindex" directory inside Config.Work
 	lowers []*Layer
 
 	// ns serializes changes to the upper's namespace (create, remove,
@@ -86,6 +87,12 @@ func Open(cfg Config) (*Stack, error) {
 			return nil, err
 		}
 		s.work = w
+		if err := os.Mkdir(cfg.Work+"/linkindex", 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("create link index: %w", err)
+		}
+		if s.index, err = openLayer(cfg.Work+"/linkindex", true); err != nil {
+			return nil, err
+		}
 	}
 	for _, d := range cfg.Lowers {
 		l, err := openLayer(d, false)
@@ -164,6 +171,9 @@ func (s *Stack) Close() error {
 	}
 	if s.work != nil {
 		s.work.close()
+	}
+	if s.index != nil {
+		s.index.close()
 	}
 	return nil
 }
