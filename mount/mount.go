@@ -145,7 +145,7 @@ func Unmount(dir string, lazy bool) error {
 		return fmt.Errorf("%s is not a mount point", p)
 	}
 	if m.fsType != FSType {
-		return fmt.Errorf("%s is not a unionmount mount but %s", p, m.fsType)
+		return fmt.Errorf("%s is not a unionmount mount but %s from %s", p, m.fsType, m.source)
 	}
 	return unmount(p, lazy)
 }

@@ -15,9 +15,8 @@ const (
 
 // mountEntry is the part of a /proc/self/mountinfo line we use.
 type mountEntry struct {
-	mountpoint string
-	fsType     string
-	source     string
+	fsType string
+	source string
 }
 
 // lookupMount returns the top-most mount on dir, an absolute path with no
@@ -46,11 +45,7 @@ func lookupMount(dir string) (mountEntry, bool, error) {
 		if sep < 0 || sep+2 >= len(fields) || unescapeOctal(fields[4]) != dir {
 			continue
 		}
-		found = mountEntry{
-			mountpoint: dir,
-			fsType:     fields[sep+1],
-			source:     unescapeOctal(fields[sep+2]),
-		}
+		found = mountEntry{fsType: fields[sep+1], source: unescapeOctal(fields[sep+2])}
 		ok = true // later lines are mounted on top of earlier ones
 	}
 	if err := sc.Err(); err != nil {
