@@ -1,24 +1,10 @@
 #!/usr/bin/env bash
-# Runs every test of unionmount. As root it first installs what the tests
-# need from Debian's packages (fuse3, attr) when missing. Tests that need a
-# tool or root that is not there skip and say why.
+# Runs every test of unionmount, after installing (as root) what they need
+# when it is missing. Tests that need root or a tool that is not there skip
+# and say why.
 set -euo pipefail
 cd "$(dirname "$0")"
-
-if [ "$(id -u)" = 0 ]; then
-	missing=()
-	command -v fusermount3 >/dev/null || missing+=(fuse3)
-	command -v getfattr >/dev/null || missing+=(attr)
-	if [ ${#missing[@]} -gt 0 ]; then
-		echo "test.sh: installing ${missing[*]}"
-		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-	fi
-	# Debian makes /dev/fuse usable by everyone (udev); a container may
-	# not have, and the rootless tests need it.
-	[ -c /dev/fuse ] || mknod -m 0666 /dev/fuse c 10 229
-	chmod 0666 /dev/fuse
-fi
+. scripts/deps.sh
 
 go vet ./...
 unformatted=$(gofmt -l .)
