@@ -2,6 +2,7 @@ package cow
 
 import (
 	"errors"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -116,16 +117,31 @@ func mkWhiteout(dirfd int, name string) error {
 
 // isOpaque reports whether the directory at rel in layer l is opaque.
 func (l *Layer) isOpaque(rel string) (bool, error) {
-	for _, x := range readOpaqueXattrs {
-		v, err := l.getxattr(rel, x)
-		if err == nil && string(v) == "y" {
-			return true, nil
+	opaque := false
+	err := l.withPath(rel, func(p string) error {
+		names, err := listxattrPath(p)
+		if err != nil {
+			if ignorableXattrErr(err) {
+				return nil
+			}
+			return err
 		}
-		if err != nil && !errors.Is(err, unix.ENODATA) && !errors.Is(err, unix.ENOTSUP) && !errors.Is(err, unix.EPERM) {
-			return false, err
+		for _, n := range names {
+			if !slices.Contains(readOpaqueXattrs, n) {
+				continue
+			}
+			v, err := getxattrPath(p, n)
+			if err == nil && string(v) == "y" {
+				opaque = true
+				return nil
+			}
 		}
+		return nil
+	})
+	if err != nil || opaque {
+		return opaque, err
 	}
-	_, err := l.lstat(join(rel, opaqueMarker))
+	_, err = l.lstat(join(rel, opaqueMarker))
 	if err == nil {
 		return true, nil
 	}
