@@ -22,8 +22,8 @@ import (
 
 // The permission tests run system calls as an unprivileged uid, in a helper
 // process, against a plain directory of the host filesystem (the oracle; ext4
-// on the test machines) and against a union whose
-// lower is an identical tree, and require the same errnos from both.
+// on the test machines) and against a union whose lower is an identical
+// tree, and require the same errnos from both.
 
 const (
 	permUID   = 65534 // nobody: the unprivileged caller
