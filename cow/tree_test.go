@@ -174,7 +174,11 @@ func describe(t *testing.T, p string, st *unix.Stat_t, private bool) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(&b, "file %q", data)
+		if len(data) > 4096 {
+			fmt.Fprintf(&b, "file %d bytes sha256 %x", len(data), sha256.Sum256(data))
+		} else {
+			fmt.Fprintf(&b, "file %q", data)
+		}
 	case unix.S_IFDIR:
 		b.WriteString("dir")
 	case unix.S_IFLNK:
@@ -287,7 +291,9 @@ func fingerprint(t *testing.T, dirs ...string) [32]byte {
 }
 
 // guardLowers fails the test if the trees under dirs change before it ends.
-func guardLowers(t *testing.T, dirs ...string) {
+// It returns a function that takes the trees as they are then as the ones
+// to keep, for a test that changes them in ways the builder cannot.
+func guardLowers(t *testing.T, dirs ...string) (rearm func()) {
 	t.Helper()
 	before := fingerprint(t, dirs...)
 	t.Cleanup(func() {
@@ -295,6 +301,7 @@ func guardLowers(t *testing.T, dirs ...string) {
 			t.Errorf("lower layers %v changed", dirs)
 		}
 	})
+	return func() { before = fingerprint(t, dirs...) }
 }
 
 // testStack is a stack on t.TempDir layers.
@@ -303,6 +310,7 @@ type testStack struct {
 	lowers      []string // top-most first
 	upper, work string
 	cfg         Config
+	rearm       func() // see guardLowers
 }
 
 // newTestStack builds the upper tree (nil: empty) and the lowers (top-most
@@ -343,7 +351,7 @@ func buildLayers(t *testing.T, upper []entry, lowers [][]entry) *testStack {
 		}
 	}
 	buildTree(t, ts.upper, upper)
-	guardLowers(t, ts.lowers...)
+	ts.rearm = guardLowers(t, ts.lowers...)
 	return ts
 }
 
