@@ -305,7 +305,7 @@ func TestCopyUpParentsFirst(t *testing.T) {
 		// BUG(kernel parity): the engine leaves the parents' times
 		// changed by the renames of their children into them.
 		if st.Mtim != src.Mtim {
-			t.Errorf("%s: mtime %v, want %v as in the lower (kernel restores parent times after copy-up)", d, st.Mtim, src.Mtim)
+			t.Errorf("BUG: %s: mtime %v, want %v as in the lower (kernel restores parent times after copy-up)", d, st.Mtim, src.Mtim)
 		}
 	}
 }
@@ -427,6 +427,6 @@ func TestCopyUpLockCollision(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		// BUG: CopyUp holds the lock of name while copyUpDir takes
 		// that of "d", the same mutex: a self-deadlock.
-		t.Fatalf("CopyUp(%s) deadlocked: it shares a copy-up lock with its parent d", name)
+		t.Fatalf("BUG: CopyUp(%s) deadlocked: it shares a copy-up lock with its parent d", name)
 	}
 }

@@ -228,6 +228,8 @@ func TestRmdir(t *testing.T) {
 		{name: "upper only with whiteouts", upper: []entry{dir("d"), whiteout("d/w")}, lowers: [][]entry{{file("x", "")}}, rel: "d"},
 		{name: "merged with only whiteouts", upper: []entry{dir("d"), whiteout("d/x"), file("d/u", "")},
 			lowers: [][]entry{{file("d/x", "")}}, unlink: []string{"d/u"}, rel: "d", wantWhiteout: true},
+		{name: "opaque upper over non-empty lower", upper: []entry{opaque("d")},
+			lowers: [][]entry{{file("d/x", "")}}, rel: "d", wantWhiteout: true},
 		{name: "non-empty lower", lowers: [][]entry{{file("d/x", "")}}, rel: "d", wantErr: unix.ENOTEMPTY},
 		{name: "non-empty lower below empty upper", upper: []entry{dir("d")},
 			lowers: [][]entry{{dir("d")}, {file("d/x", "")}}, rel: "d", wantErr: unix.ENOTEMPTY},
@@ -434,7 +436,7 @@ func TestOpenConfigErrors(t *testing.T) {
 		{"missing lower", Config{Lowers: []string{filepath.Join(root, "nope")}}, unix.ENOENT},
 		{"missing upper", Config{Lowers: []string{lower}, Upper: filepath.Join(root, "nope"), Work: work}, unix.ENOENT},
 		{"lower is a file", Config{Lowers: []string{"/etc/passwd"}}, unix.ENOTDIR},
-		// BUG(errno): these return errors.New errors wrapping no errno.
+		// BUG: Open returns these as errors.New errors that wrap no errno.
 		{"no lowers", Config{}, unix.EINVAL},
 		{"upper without work", Config{Lowers: []string{lower}, Upper: upper}, unix.EINVAL},
 		{"too many lowers", Config{Lowers: many}, unix.EINVAL},

@@ -104,6 +104,12 @@ func TestRenameFile(t *testing.T) {
 			want:    map[string]string{"a": "file A", "b": ""},
 		},
 		{
+			name:  "dir over dir holding only whiteouts",
+			upper: []entry{file("s/f", "F"), dir("d"), whiteout("d/x")}, lower: []entry{file("d/x", "")},
+			src: "s", dst: "d",
+			want: map[string]string{"s": "", "d": "dir", "d/f": "file F", "d/x": ""},
+		},
+		{
 			name:  "dir over non-empty dir",
 			upper: []entry{file("s/f", "F")}, lower: []entry{file("d/x", "")},
 			src: "s", dst: "d",

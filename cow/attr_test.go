@@ -1,0 +1,84 @@
+package cow
+
+import (
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestXattrsPrivate(t *testing.T) {
+	requireRoot(t)
+	ts := newTestStack(t, nil, []entry{opaque("d").withXattr("user.k", "v"), file("d/f", "x")})
+	d := ts.mustLookup(t, "d")
+	names, err := ts.Listxattr(d, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(names, []string{"user.k"}) {
+		t.Errorf("Listxattr: %v, want [user.k]", names)
+	}
+	_, err = ts.Getxattr(d, "d", "trusted.overlay.opaque")
+	wantErrno(t, err, unix.ENODATA)
+	for _, x := range []string{"trusted.overlay.opaque", "trusted.unionmount.ino", "user.overlay.opaque"} {
+		_, err = ts.Setxattr(d, "d", x, []byte("y"), 0)
+		wantErrno(t, err, unix.EPERM)
+		_, err = ts.Removexattr(d, "d", x)
+		wantErrno(t, err, unix.EPERM)
+	}
+	if exists(filepath.Join(ts.upper, "d")) {
+		t.Error("a refused xattr change copied d up")
+	}
+	f := ts.mustLookup(t, "d/f")
+	c, err := ts.Setxattr(f, "d/f", "user.new", []byte("1"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Upper() {
+		t.Error("Setxattr did not copy up")
+	}
+	v, err := ts.Getxattr(c, "d/f", "user.new")
+	if err != nil || string(v) != "1" {
+		t.Errorf("Getxattr: %q, %v", v, err)
+	}
+	_, err = ts.Getxattr(c, "d/f", "user.absent")
+	wantErrno(t, err, unix.ENODATA)
+}
+
+func TestSetattrTruncateCopiesNoData(t *testing.T) {
+	ts := newTestStack(t, nil, []entry{file("f", "some data").withMode(0o640)})
+	o := ts.mustLookup(t, "f")
+	zero := uint64(0)
+	c, err := ts.Setattr(o, "f", Attr{Size: &zero, FromHandle: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := ts.Stat(c, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != 0 || st.Mode != unix.S_IFREG|0o640 || st.Ino != o.Ino || !c.Upper() {
+		t.Errorf("size %d mode %o ino %d upper %v, want 0, 0640, %d, true", st.Size, st.Mode, st.Ino, c.Upper(), o.Ino)
+	}
+}
+
+func TestTmpfileOverWhiteout(t *testing.T) {
+	requireRoot(t)
+	ts := newTestStack(t, []entry{whiteout("f")}, []entry{file("f", "old")})
+	root := ts.mustLookup(t, "")
+	fd, o, err := ts.Tmpfile(root, "", unix.O_RDWR, 0o600, Owner{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	unix.Write(fd, []byte("tmp"))
+	if _, err := ts.LinkTmpfile(fd, o, root, "", "f"); err != nil {
+		t.Fatal(err)
+	}
+	if got := ts.read(t, "f"); got != "tmp" {
+		t.Errorf("f: %q, want %q", got, "tmp")
+	}
+	_, err = ts.LinkTmpfile(fd, o, root, "", "f")
+	wantErrno(t, err, unix.EEXIST)
+}
