@@ -130,6 +130,10 @@ func (s *Stack) chownNew(dirfd int, name, dirRel string, who Owner) error {
 // Make creates a directory, device node, FIFO, socket or symlink name in
 // the merged directory dir at dirRel.
 func (s *Stack) Make(dir *Object, dirRel, name string, n NewObject, who Owner) (*Object, error) {
+	if n.Mode&unix.S_IFMT == unix.S_IFCHR && n.Rdev == 0 {
+		// It would be a whiteout: the kernel refuses it too.
+		return nil, &os.PathError{Op: "mknod", Path: join(dirRel, name), Err: unix.EPERM}
+	}
 	if err := s.ensureUpperDir(dir, dirRel); err != nil {
 		return nil, err
 	}
