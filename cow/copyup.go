@@ -27,14 +27,16 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 	if o.Layer.upper {
 		return o, nil
 	}
+	// Parents first, and before taking rel's lock: copy-up locks are
+	// shared by hash and are not held two at a time.
+	if err := s.copyUpParents(rel); err != nil {
+		return nil, err
+	}
 	unlock := s.copyLock(rel)
 	defer unlock()
 	// Raced with another copy-up?
 	if st, err := s.upper.lstat(rel); err == nil && !isWhiteout(&st) {
 		return s.upperObject(o, rel, &st), nil
-	}
-	if err := s.copyUpParents(rel); err != nil {
-		return nil, err
 	}
 	src, err := o.Layer.lstat(rel)
 	if err != nil {
@@ -57,12 +59,8 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 			return nil, fmt.Errorf("copy up %s: %w", rel, err)
 		}
 	}
-	s.ns.Lock()
-	err = renameat2(s.work.fd, tmp, s.upper.fd, rel, unix.RENAME_NOREPLACE)
-	s.ns.Unlock()
-	if err != nil {
-		removeAll(s.work, tmp)
-		return nil, fmt.Errorf("copy up %s: %w", rel, s.upper.err("rename", rel, err))
+	if err := s.placeCopy(tmp, rel); err != nil {
+		return nil, err
 	}
 	c := s.upperObject(o, rel, &src)
 	if multi {
@@ -116,12 +114,25 @@ func (s *Stack) copyUpDir(rel string) error {
 		removeAll(s.work, tmp)
 		return fmt.Errorf("copy up %s: %w", rel, err)
 	}
+	return s.placeCopy(tmp, rel)
+}
+
+// placeCopy renames the finished copy tmp from the work directory to rel in
+// the upper. Like the kernel, it keeps the parent directory's times: a
+// copy-up changes nothing a user could see.
+func (s *Stack) placeCopy(tmp, rel string) error {
 	s.ns.Lock()
-	err = renameat2(s.work.fd, tmp, s.upper.fd, rel, unix.RENAME_NOREPLACE)
-	s.ns.Unlock()
+	defer s.ns.Unlock()
+	dir, _ := split(rel)
+	pst, perr := s.upper.lstat(dir)
+	err := renameat2(s.work.fd, tmp, s.upper.fd, rel, unix.RENAME_NOREPLACE)
 	if err != nil {
 		removeAll(s.work, tmp)
 		return fmt.Errorf("copy up %s: %w", rel, s.upper.err("rename", rel, err))
+	}
+	if perr == nil {
+		ts := []unix.Timespec{pst.Atim, pst.Mtim}
+		_ = unix.UtimesNanoAt(s.upper.fd, at(dir), ts, unix.AT_SYMLINK_NOFOLLOW) // best effort, as in the kernel
 	}
 	return nil
 }

@@ -84,9 +84,15 @@ func (s *Stack) materialize(o *Object, rel string) (*Object, error) {
 	if err := unix.Linkat(s.index.fd, o.indexName, s.work.fd, tmp, 0); err != nil {
 		return nil, s.index.err("link", o.indexName, err)
 	}
+	dir, _ := split(rel)
+	pst, perr := s.upper.lstat(dir)
 	if err := renameat2(s.work.fd, tmp, s.upper.fd, rel, 0); err != nil {
 		unix.Unlinkat(s.work.fd, tmp, 0)
 		return nil, s.upper.err("rename", rel, err)
+	}
+	if perr == nil {
+		ts := []unix.Timespec{pst.Atim, pst.Mtim}
+		_ = unix.UtimesNanoAt(s.upper.fd, at(dir), ts, unix.AT_SYMLINK_NOFOLLOW) // best effort
 	}
 	return o, s.addLowerLinks(o.indexName, -1)
 }
@@ -108,6 +114,22 @@ func (s *Stack) indexCopy(o *Object, tmp string, nlink uint64) error {
 		return s.index.err("link", indexName(o.Ino), err)
 	}
 	return nil
+}
+
+// copyUpLinked copies up o, at rel, before one of its names disappears
+// from the merged view, when o is a lower file with several names that is
+// not in the link index yet; so the index counts its names right (the
+// kernel does the same with index=on).
+func (s *Stack) copyUpLinked(o *Object, rel string) error {
+	if o == nil || o.IsDir() || o.Layer.upper || s.index == nil {
+		return nil
+	}
+	st, err := o.Layer.lstat(rel)
+	if err != nil || st.Nlink < 2 {
+		return err
+	}
+	_, err = s.CopyUp(o, rel, true)
+	return err
 }
 
 // nlink returns the link count the merged view shows for the indexed copy

@@ -281,6 +281,9 @@ func (s *Stack) remove(dir *Object, dirRel, name string, o *Object) error {
 	if err := s.ensureUpperDir(dir, dirRel); err != nil {
 		return err
 	}
+	if err := s.copyUpLinked(o, rel); err != nil {
+		return err
+	}
 	s.ns.Lock()
 	defer s.ns.Unlock()
 	if o.IsDir() {

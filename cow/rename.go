@@ -33,7 +33,21 @@ func (s *Stack) Rename(srcDir *Object, srcDirRel, srcName string, src *Object,
 		return nil, s.upper.err("rename", dstRel, unix.ENOENT)
 	}
 
+	if !exchange && dst != nil && dst.IsDir() {
+		// Fail before copying anything up (checked again below).
+		if empty, err := s.IsEmpty(dst, dstRel); err != nil || !empty {
+			if err == nil {
+				err = s.upper.err("rename", dstRel, unix.ENOTEMPTY)
+			}
+			return nil, err
+		}
+	}
 	// Copy-ups first: they take locks that s.ns must not be held for.
+	if !exchange {
+		if err := s.copyUpLinked(dst, dstRel); err != nil {
+			return nil, err
+		}
+	}
 	src, srcTree, err := s.copyUpForRename(src, srcRel)
 	if err != nil {
 		return nil, err

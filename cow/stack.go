@@ -61,13 +61,13 @@ type Stack struct {
 // removing copies that a crash left half-built there.
 func Open(cfg Config) (*Stack, error) {
 	if len(cfg.Lowers) == 0 {
-		return nil, errors.New("no lower layer")
+		return nil, fmt.Errorf("no lower layer: %w", unix.EINVAL)
 	}
 	if len(cfg.Lowers) > MaxLowers {
-		return nil, fmt.Errorf("%d lower layers, at most %d allowed", len(cfg.Lowers), MaxLowers)
+		return nil, fmt.Errorf("%d lower layers, at most %d allowed: %w", len(cfg.Lowers), MaxLowers, unix.EINVAL)
 	}
 	if cfg.Upper != "" && cfg.Work == "" {
-		return nil, errors.New("an upper layer needs a work directory")
+		return nil, fmt.Errorf("an upper layer needs a work directory: %w", unix.EINVAL)
 	}
 	s := &Stack{cfg: cfg, root: os.Geteuid() == 0}
 	ok := false
@@ -119,7 +119,7 @@ func prepareWork(dir string, upperDev uint64) (*Layer, error) {
 	}
 	if w.dev != upperDev {
 		w.close()
-		return nil, fmt.Errorf("work directory %s is not on the upper layer's filesystem", dir)
+		return nil, fmt.Errorf("work directory %s is not on the upper layer's filesystem: %w", dir, unix.EXDEV)
 	}
 	names, err := readNames(w, "")
 	if err != nil {
