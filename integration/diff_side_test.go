@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -66,6 +67,48 @@ func (s *side) unmount(t testing.TB) {
 	unmount(t, s.merged)
 }
 
+// hangLimit is how long an op may take before the test gives up on the
+// union: it is not a timing assertion, only a way to fail with a name
+// instead of hanging until the test binary's timeout.
+const hangLimit = 30 * time.Second
+
+// run runs o on s. If o does not return within hangLimit, the FUSE
+// connection is aborted (so that the op and the mount come back) and the
+// result says so.
+func (s *side) run(o op) result {
+	if s.impl == "kernel" {
+		return o.run(s.merged)
+	}
+	done := make(chan result, 1)
+	go func() { done <- o.run(s.merged) }()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(hangLimit):
+	}
+	abortFUSE(s.merged)
+	r := <-done
+	r.out = fmt.Sprintf("HUNG for %v (FUSE connection aborted; then %v)", hangLimit, r)
+	r.errno = unix.EDEADLK
+	return r
+}
+
+// abortFUSE aborts the FUSE connection mounted at mnt, found by its device
+// number in mountinfo (a stat would hang too).
+func abortFUSE(mnt string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && unescapeMountinfo(f[4]) == mnt {
+			_, minor, _ := strings.Cut(f[2], ":")
+			os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0)
+		}
+	}
+}
+
 // kernelOpts pins the kernel features that change the on-disk format, so
 // that module defaults cannot change what the tests expect.
 const kernelOpts = ",index=off,redirect_dir=off,metacopy=off"
@@ -120,8 +163,8 @@ func newPair(t testing.TB, stack stackSpec) *pair {
 // do runs o on both sides and reports a differing result.
 func (p *pair) do(t testing.TB, i int, o op) (want, got result) {
 	t.Helper()
-	want = o.run(p.ref.merged)
-	got = o.run(p.peer.merged)
+	want = p.ref.run(o)
+	got = p.peer.run(o)
 	if *diffTrace {
 		t.Logf("op %d %s: %v", i, o, want)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	enc "encoding/binary"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -371,12 +372,25 @@ func diffSnapshots(got, want snapshot, wantName string, o cmpOpts) []string {
 	return diffs
 }
 
+var diffIgnore = flag.String("diff.ignore", "",
+	`comma-separated fields the differential tests do not compare, to look past a known difference: mtime, dirmtime (directories only), mode, xattrs, opaque, nlink, ...`)
+
+// ignored reports whether -diff.ignore names field (for an object of type typ).
+func ignored(field, typ string) bool {
+	for _, f := range strings.Split(*diffIgnore, ",") {
+		if f == field || (f == "dirmtime" && field == "mtime" && typ == "dir") {
+			return true
+		}
+	}
+	return false
+}
+
 // objFields returns the fields in which g and w differ as {name, got, want}.
 func objFields(g, w *obj) [][3]string {
 	var out [][3]string
 	add := func(name string, gv, wv any) {
 		gs, ws := fmt.Sprint(gv), fmt.Sprint(wv)
-		if gs != ws {
+		if gs != ws && !ignored(name, w.typ) {
 			out = append(out, [3]string{name, gs, ws})
 		}
 	}
