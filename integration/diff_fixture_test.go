@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 	"sort"
@@ -176,8 +177,12 @@ func buildLayer(t testing.TB, root string, spec layerSpec) {
 	sort.SliceStable(byDepth, func(i, j int) bool {
 		return strings.Count(byDepth[i].path, "/") > strings.Count(byDepth[j].path, "/")
 	})
-	for i, e := range byDepth {
-		ts := fixtureEpoch.Add(time.Duration(i) * time.Second)
+	for _, e := range byDepth {
+		// The time depends on the path alone, so that the same entry
+		// in two differently built layers gets the same time.
+		h := fnv.New32a()
+		h.Write([]byte(e.path))
+		ts := fixtureEpoch.Add(time.Duration(h.Sum32()%3600) * time.Second)
 		tv := []unix.Timespec{unix.NsecToTimespec(ts.UnixNano()), unix.NsecToTimespec(ts.UnixNano())}
 		if err := unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(root, e.path), tv, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			t.Fatalf("fixture times %s: %v", e.path, err)
