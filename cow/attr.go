@@ -215,6 +215,9 @@ func (s *Stack) Tmpfile(dir *Object, rel string, flags int, mode uint32, who Own
 // LinkTmpfile gives the O_TMPFILE file open as fd (the object o) the name
 // name in the merged directory dir at dirRel.
 func (s *Stack) LinkTmpfile(fd int, o *Object, dir *Object, dirRel, name string) (*Object, error) {
+	if IsReservedName(name) {
+		return nil, errReserved(join(dirRel, name))
+	}
 	if err := s.ensureUpperDir(dir, dirRel); err != nil {
 		return nil, err
 	}

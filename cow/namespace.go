@@ -23,8 +23,8 @@ func errReserved(rel string) error {
 	return &os.PathError{Op: "create", Path: rel, Err: unix.EINVAL}
 }
 
-// prepareCreate copies the parent directory up and reports whether rel is a
-// whiteout in the upper that the new object replaces.
+// prepareCreate reports whether rel is a whiteout in the upper that the new
+// object replaces; the parent directory is in the upper already.
 //
 // Preconditions: s.ns is held.
 func (s *Stack) prepareCreate(dirRel, name string) (overWhiteout bool, err error) {
@@ -50,6 +50,9 @@ func (s *Stack) prepareCreate(dirRel, name string) (overWhiteout bool, err error
 // Create creates and opens a regular file name in the merged directory dir
 // at dirRel. flags are open(2) flags.
 func (s *Stack) Create(dir *Object, dirRel, name string, flags int, mode uint32, who Owner) (int, *Object, error) {
+	if IsReservedName(name) {
+		return -1, nil, errReserved(join(dirRel, name))
+	}
 	if err := s.ensureUpperDir(dir, dirRel); err != nil {
 		return -1, nil, err
 	}
@@ -133,6 +136,9 @@ func (s *Stack) Make(dir *Object, dirRel, name string, n NewObject, who Owner) (
 	if n.Mode&unix.S_IFMT == unix.S_IFCHR && n.Rdev == 0 {
 		// It would be a whiteout: the kernel refuses it too.
 		return nil, &os.PathError{Op: "mknod", Path: join(dirRel, name), Err: unix.EPERM}
+	}
+	if IsReservedName(name) {
+		return nil, errReserved(join(dirRel, name))
 	}
 	if err := s.ensureUpperDir(dir, dirRel); err != nil {
 		return nil, err
@@ -229,6 +235,9 @@ func (s *Stack) ensureUpperDir(dir *Object, rel string) error {
 // Link makes name in the merged directory dir at dirRel a new name for
 // target (at targetRel), copying target up first.
 func (s *Stack) Link(target *Object, targetRel string, dir *Object, dirRel, name string) (*Object, error) {
+	if IsReservedName(name) {
+		return nil, errReserved(join(dirRel, name))
+	}
 	t, err := s.CopyUp(target, targetRel, true)
 	if err != nil {
 		return nil, err
