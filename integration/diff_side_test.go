@@ -30,6 +30,8 @@ type side struct {
 	upper  string
 	work   string
 	merged string
+	// kernelOpts replaces defaultKernelOpts for a kernel side.
+	kernelOpts string
 }
 
 // newSide builds stack under dir (which must not exist) for impl.
@@ -59,7 +61,11 @@ func (s *side) mountOpts() string {
 
 func (s *side) mount(t testing.TB) {
 	t.Helper()
-	mountStack(t, s.impl, s.mountOpts(), s.merged)
+	opts := s.mountOpts()
+	if s.impl == "kernel" {
+		opts += s.kernelOpts
+	}
+	mountStack(t, s.impl, opts, s.merged)
 }
 
 func (s *side) unmount(t testing.TB) {
@@ -109,17 +115,27 @@ func abortFUSE(mnt string) {
 	}
 }
 
-// kernelOpts pins the kernel features that change the on-disk format, so
-// that module defaults cannot change what the tests expect.
-const kernelOpts = ",index=off,redirect_dir=off,metacopy=off"
+// defaultKernelOpts pins the kernel features that change the on-disk
+// format, so that module defaults cannot change what the tests expect.
+const defaultKernelOpts = ",index=off,redirect_dir=off,metacopy=off"
+
+// withKernelIndex makes newPair mount its kernel sides with index=on.
+func withKernelIndex(p *pair) {
+	p.ref.kernelOpts = ",index=on,redirect_dir=off,metacopy=off"
+	p.peer.kernelOpts = p.ref.kernelOpts
+}
 
 // mountStack mounts opts at mnt with impl ("kernel" or "union") and
-// unmounts in t.Cleanup.
+// unmounts in t.Cleanup. A kernel mount gets defaultKernelOpts unless opts
+// sets index= itself.
 func mountStack(t testing.TB, impl, opts, mnt string) {
 	t.Helper()
 	switch impl {
 	case "kernel":
-		if err := unix.Mount("overlay", mnt, "overlay", 0, opts+kernelOpts); err != nil {
+		if !strings.Contains(opts, "index=") {
+			opts += defaultKernelOpts
+		}
+		if err := unix.Mount("overlay", mnt, "overlay", 0, opts); err != nil {
 			t.Fatalf("mount -t overlay -o %s %s: %v", opts, mnt, err)
 		}
 		t.Cleanup(func() { unmount(t, mnt) })
@@ -137,7 +153,7 @@ type pair struct {
 
 // newPair builds stack twice in a fresh temporary directory and mounts both
 // copies.
-func newPair(t testing.TB, stack stackSpec) *pair {
+func newPair(t testing.TB, stack stackSpec, opts ...func(*pair)) *pair {
 	t.Helper()
 	needRoot(t)
 	peerImpl := *diffPeer
@@ -154,6 +170,9 @@ func newPair(t testing.TB, stack stackSpec) *pair {
 	p := &pair{
 		ref:  newSide(t, filepath.Join(base, "k"), "kernel", "kernel", stack),
 		peer: newSide(t, filepath.Join(base, "u"), peerName, peerImpl, stack),
+	}
+	for _, o := range opts {
+		o(p)
 	}
 	p.ref.mount(t)
 	p.peer.mount(t)

@@ -62,6 +62,28 @@ func TestDiffScenarios(t *testing.T) {
 	}
 }
 
+// TestDiffHardlinks runs hardlinkCorpus against a kernel mount with
+// index=on. Uppers are not compared: the kernel's index keeps its own names
+// in the workdir, and so does unionmount's.
+func TestDiffHardlinks(t *testing.T) {
+	for _, sc := range hardlinkCorpus {
+		t.Run(sc.name, func(t *testing.T) {
+			p := newPair(t, defaultStack, withKernelIndex)
+			k0, u0 := p.snapMerged(t)
+			static := setOf(diffSnapshots(u0, k0, "kernel", cmpOpts{ino: true}))
+			for i, o := range sc.ops {
+				p.do(t, i, o)
+			}
+			k1, u1 := p.snapMerged(t)
+			reportDiffs(t, "merged tree after the ops", diffSnapshots(u1, k1, "kernel index=on", cmpOpts{ino: true}), static)
+			p.unmount(t)
+			p.mount(t)
+			k2, u2 := p.snapMerged(t)
+			reportDiffs(t, "merged tree after remount", diffSnapshots(u2, k2, "kernel index=on", cmpOpts{ino: true}), static)
+		})
+	}
+}
+
 // runScenario runs ops on a fresh pair and compares everything after.
 // Differences already present in the untouched view are reported by
 // TestDiffStatic and not again here.
@@ -76,7 +98,9 @@ func runScenario(t *testing.T, stack stackSpec, ops []op) {
 	}
 	k1, u1 := p.snapMerged(t)
 	n := reportDiffs(t, "merged tree after the ops", diffSnapshots(u1, k1, "kernel", cmpOpts{ino: true}), static)
-	n += reportDiffs(t, "inode numbers changed by the ops", inoChangeDiffs(inoChanges(u0, u1), inoChanges(k0, k1)), nil)
+	if !ignored("ino", "") {
+		n += reportDiffs(t, "inode numbers changed by the ops", inoChangeDiffs(inoChanges(u0, u1), inoChanges(k0, k1)), nil)
+	}
 
 	p.unmount(t)
 	ku, uu := p.snapUpper(t)
@@ -85,7 +109,9 @@ func runScenario(t *testing.T, stack stackSpec, ops []op) {
 	p.mount(t)
 	k2, u2 := p.snapMerged(t)
 	n += reportDiffs(t, "merged tree after remount", diffSnapshots(u2, k2, "kernel", cmpOpts{ino: true}), static)
-	n += reportDiffs(t, "inode numbers changed by remount", inoChangeDiffs(inoChanges(u1, u2), inoChanges(k1, k2)), nil)
+	if !ignored("ino", "") {
+		n += reportDiffs(t, "inode numbers changed by remount", inoChangeDiffs(inoChanges(u1, u2), inoChanges(k1, k2)), nil)
+	}
 	if failed || n > 0 {
 		t.Logf("ops:\n%s", opsString(ops))
 	}

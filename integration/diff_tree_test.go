@@ -369,7 +369,7 @@ func diffSnapshots(got, want snapshot, wantName string, o cmpOpts) []string {
 			diffs = append(diffs, fmt.Sprintf("%s: %s: got %s, want %s (%s)", disp, f[0], f[1], f[2], wantName))
 		}
 	}
-	if o.ino {
+	if o.ino && !ignored("ino", "") {
 		gi, wi := inoClasses(got), inoClasses(want)
 		for _, p := range unionKeys(got, want) {
 			if got[p] == nil || want[p] == nil || gi[p] == wi[p] {
@@ -382,7 +382,7 @@ func diffSnapshots(got, want snapshot, wantName string, o cmpOpts) []string {
 }
 
 var diffIgnore = flag.String("diff.ignore", "",
-	`comma-separated fields the differential tests do not compare, to look past a known difference: mtime, dirmtime (directories only), mode, xattrs, opaque, nlink, ...`)
+	`comma-separated fields the differential tests do not compare, to look past a known difference: mtime, dirmtime (directories only), atime (in utimes results), ino (inode sharing and stability), mode, xattrs, opaque, nlink, ...`)
 
 // ignored reports whether -diff.ignore names field (for an object of type typ).
 func ignored(field, typ string) bool {

@@ -304,7 +304,11 @@ func utimes(p string, variant int, secs int64) result {
 	if err != nil {
 		return result{errno: errnoOf(err), out: "(stat after)"}
 	}
-	return result{out: "atime " + timeClass(st.Atim.Nano()) + " mtime " + timeClass(st.Mtim.Nano())}
+	out := "mtime " + timeClass(st.Mtim.Nano())
+	if !ignored("atime", "") {
+		out = "atime " + timeClass(st.Atim.Nano()) + " " + out
+	}
+	return result{out: out}
 }
 
 func timeClass(ns int64) string {
