@@ -113,13 +113,14 @@ func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
 
 // Getxattr reads the xattr name of o at rel; the union's own are absent.
 func (s *Stack) Getxattr(o *Object, rel, name string) ([]byte, error) {
-	if IsPrivateXattr(name) {
+	disk, ok := s.diskXattr(name)
+	if !ok {
 		return nil, unix.ENODATA
 	}
 	var v []byte
 	err := o.Layer.withPath(o.loc(rel), func(p string) error {
 		var err error
-		v, err = getxattrPath(p, name)
+		v, err = getxattrPath(p, disk)
 		return err
 	})
 	return v, err
@@ -131,8 +132,8 @@ func (s *Stack) Listxattr(o *Object, rel string) ([]string, error) {
 	err := o.Layer.withPath(o.loc(rel), func(p string) error {
 		all, err := listxattrPath(p)
 		for _, n := range all {
-			if !IsPrivateXattr(n) {
-				names = append(names, n)
+			if u, ok := s.userXattr(n); ok {
+				names = append(names, u)
 			}
 		}
 		return err
@@ -143,30 +144,36 @@ func (s *Stack) Listxattr(o *Object, rel string) ([]string, error) {
 // Setxattr sets the xattr name of o at rel, copying it up first. The
 // union's own xattrs cannot be set.
 func (s *Stack) Setxattr(o *Object, rel, name string, val []byte, flags int) (*Object, error) {
-	return s.changeXattr(o, rel, name, func(p string) error { return unix.Setxattr(p, name, val, flags) })
+	return s.changeXattr(o, rel, name, func(p, disk string) error { return unix.Setxattr(p, disk, val, flags) })
 }
 
-// Removexattr removes the xattr name of o at rel, copying it up first.
+// Removexattr removes the xattr name of o at rel, copying it up first
+// unless o has no such xattr.
 func (s *Stack) Removexattr(o *Object, rel, name string) (*Object, error) {
-	return s.changeXattr(o, rel, name, func(p string) error { return unix.Removexattr(p, name) })
+	if !o.Layer.upper {
+		if _, err := s.Getxattr(o, rel, name); err != nil {
+			return nil, err
+		}
+	}
+	return s.changeXattr(o, rel, name, func(p, disk string) error { return unix.Removexattr(p, disk) })
 }
 
-func (s *Stack) changeXattr(o *Object, rel, name string, change func(p string) error) (*Object, error) {
-	if IsPrivateXattr(name) {
+func (s *Stack) changeXattr(o *Object, rel, name string, change func(p, disk string) error) (*Object, error) {
+	disk, ok := s.diskXattr(name)
+	if !ok {
 		return nil, fmt.Errorf("xattr %s: %w", name, unix.EPERM)
 	}
 	if s.upper == nil {
 		return nil, &errRO
 	}
 	if !o.Layer.upper {
-		// Let a change that fails anyway fail before the copy-up.
 		c, err := s.CopyUp(o, rel, true)
 		if err != nil {
 			return nil, err
 		}
 		o = c
 	}
-	err := o.Layer.withPath(o.loc(rel), change)
+	err := o.Layer.withPath(o.loc(rel), func(p string) error { return change(p, disk) })
 	if err != nil {
 		return nil, fmt.Errorf("xattr %s on %s: %w", name, path.Join(o.Layer.Dir, o.loc(rel)), err)
 	}

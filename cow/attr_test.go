@@ -21,17 +21,35 @@ func TestXattrsPrivate(t *testing.T) {
 	}
 	_, err = ts.Getxattr(d, "d", "trusted.overlay.opaque")
 	wantErrno(t, err, unix.ENODATA)
-	for _, x := range []string{"trusted.overlay.opaque", "trusted.unionmount.ino", "user.overlay.opaque"} {
+	// The other markers the union reads cannot be set at all.
+	for _, x := range []string{"user.overlay.opaque", "user.fuseoverlayfs.opaque"} {
 		_, err = ts.Setxattr(d, "d", x, []byte("y"), 0)
 		wantErrno(t, err, unix.EPERM)
 		_, err = ts.Removexattr(d, "d", x)
-		wantErrno(t, err, unix.EPERM)
+		wantErrno(t, err, unix.ENODATA)
 	}
 	if exists(filepath.Join(ts.upper, "d")) {
 		t.Error("a refused xattr change copied d up")
 	}
+	// Its own namespace is escaped, as in the kernel: the merged view's
+	// trusted.overlay.X is trusted.overlay.overlay.X on disk, and the
+	// marker itself stays untouched.
+	c, err := ts.Setxattr(d, "d", "trusted.overlay.opaque", []byte("n"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := ts.Getxattr(c, "d", "trusted.overlay.opaque"); err != nil || string(v) != "n" {
+		t.Errorf("escaped trusted.overlay.opaque reads %q, %v; want n", v, err)
+	}
+	buf := make([]byte, 8)
+	if n, err := unix.Lgetxattr(filepath.Join(ts.upper, "d"), "trusted.overlay.overlay.opaque", buf); err != nil || string(buf[:n]) != "n" {
+		t.Errorf("on disk trusted.overlay.overlay.opaque = %q, %v; want n", buf[:n], err)
+	}
+	if n, err := unix.Lgetxattr(filepath.Join(ts.upper, "d"), "trusted.overlay.opaque", buf); err == nil && string(buf[:n]) == "n" {
+		t.Error("setting the escaped name changed the real opaque marker")
+	}
 	f := ts.mustLookup(t, "d/f")
-	c, err := ts.Setxattr(f, "d/f", "user.new", []byte("1"), 0)
+	c, err = ts.Setxattr(f, "d/f", "user.new", []byte("1"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

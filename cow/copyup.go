@@ -248,7 +248,7 @@ func (s *Stack) copyXattrs(l *Layer, rel, tmp string) error {
 		}
 		return s.work.withPath(tmp, func(dst string) error {
 			for _, n := range names {
-				if IsPrivateXattr(n) {
+				if _, ok := s.userXattr(n); !ok {
 					continue
 				}
 				v, err := getxattrPath(src, n)

@@ -102,7 +102,7 @@ func TestCopyUpPreservesMetadata(t *testing.T) {
 					withXattr("trusted.b", "2").
 					withXattr("trusted.overlay.opaque", "y").
 					withXattr("trusted.overlay.origin", "x").
-					withXattr("trusted.unionmount.ino", "999"),
+					withXattr("trusted.overlay.unionmount.ino", "999"),
 			})
 			lp := filepath.Join(ts.lowers[0], "f")
 			// As the builder made it, with the owner and times to keep.
@@ -129,7 +129,7 @@ func TestCopyUpPreservesMetadata(t *testing.T) {
 			if st.Atim != src.Atim || st.Mtim != src.Mtim {
 				t.Errorf("times %v %v, want %v %v", st.Atim, st.Mtim, src.Atim, src.Mtim)
 			}
-			wantX := fmt.Sprintf(` trusted.b="2" trusted.unionmount.ino="%d" user.a="1"`, o.Ino)
+			wantX := fmt.Sprintf(` trusted.b="2" trusted.overlay.unionmount.ino="%d" user.a="1"`, o.Ino)
 			if got := xattrString(t, up, true); got != wantX {
 				t.Errorf("xattrs%s, want%s", got, wantX)
 			}
@@ -296,8 +296,8 @@ func TestCopyUpParentsFirst(t *testing.T) {
 		if g, w := xattrString(t, up, false), xattrString(t, lp, false); g != w {
 			t.Errorf("%s: xattrs%s, want%s", d, g, w)
 		}
-		if _, err := unix.Lgetxattr(up, "trusted.unionmount.ino", make([]byte, 32)); err != nil {
-			t.Errorf("%s: no trusted.unionmount.ino: %v", d, err)
+		if _, err := unix.Lgetxattr(up, "trusted.overlay.unionmount.ino", make([]byte, 32)); err != nil {
+			t.Errorf("%s: no trusted.overlay.unionmount.ino: %v", d, err)
 		}
 		if o := ts.mustLookup(t, d); o.Ino != inos[d] {
 			t.Errorf("%s: ino %d after copy-up, %d before", d, o.Ino, inos[d])

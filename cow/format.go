@@ -20,38 +20,35 @@ import (
 //   - ".wh.NAME": a whiteout for NAME (OCI image-spec layer.md#whiteouts, as
 //     OCI layers unpack and as fuse-overlayfs writes without mknod);
 //   - ".wh..wh..opq" inside a directory: the directory is opaque;
-//   - user.fuseoverlayfs.opaque=y: fuse-overlayfs's opaque marker.
+//   - the other mode's opaque xattr, and user.fuseoverlayfs.opaque=y
+//     (fuse-overlayfs).
 //
-// The union's own state, invisible through the merged view:
-//   - trusted.unionmount.ino (user.unionmount.ino in userxattr mode): the
-//     merged inode number of an object copied up from a lower layer, in
-//     decimal, so st_ino survives copy-up and remount.
+// The union's own state lives in the overlay xattr namespace
+// (trusted.overlay., or user.overlay. in userxattr mode), which the kernel
+// hides from users too, so a kernel mount of the upper does not show it:
+//   - overlay.unionmount.ino on an upper object copied up from a lower: its
+//     merged inode number in decimal, so st_ino survives copy-up and
+//     remount;
 //   - WORK/linkindex/INO: a hard link to the upper copy of a lower file that
 //     has several names (st_nlink > 1), named after its merged inode number,
 //     so the names not yet in the upper show the copy too, also after a
-//     remount (the kernel keeps the same kind of index with index=on).
-//   - trusted.unionmount.lowerlinks (user.* in userxattr mode) on such a
-//     copy: how many of its lower names still show it through the index.
+//     remount (the kernel keeps the same kind of index with index=on);
+//   - overlay.unionmount.lowerlinks on such a copy: how many of its lower
+//     names still show it through the index.
+//
+// As in the kernel, a user's own xattrs in that namespace are escaped: the
+// merged view's trusted.overlay.X is trusted.overlay.overlay.X on disk.
 
 const (
 	whiteoutPrefix = ".wh."
 	opaqueMarker   = ".wh..wh..opq"
 )
 
+// readOpaqueXattrs are the xattrs that, set to "y", make a directory opaque.
 var readOpaqueXattrs = []string{
 	"trusted.overlay.opaque",
 	"user.overlay.opaque",
 	"user.fuseoverlayfs.opaque",
-}
-
-// privateXattrPrefixes are the xattr namespaces the union interprets; they are
-// hidden from and unsettable through the merged view and never copied up.
-var privateXattrPrefixes = []string{
-	"trusted.overlay.",
-	"user.overlay.",
-	"user.fuseoverlayfs.",
-	"trusted.unionmount.",
-	"user.unionmount.",
 }
 
 // IsReservedName reports whether name would be read as a whiteout marker, so
@@ -60,14 +57,38 @@ func IsReservedName(name string) bool {
 	return strings.HasPrefix(name, whiteoutPrefix)
 }
 
-// IsPrivateXattr reports whether the xattr name belongs to the union itself.
-func IsPrivateXattr(name string) bool {
-	for _, p := range privateXattrPrefixes {
-		if strings.HasPrefix(name, p) {
-			return true
-		}
+// ownPrefix is the xattr namespace of the union's markers and state.
+func (s *Stack) ownPrefix() string {
+	if s.cfg.UserXattr {
+		return "user.overlay."
 	}
-	return false
+	return "trusted.overlay."
+}
+
+// diskXattr returns the on-disk name of the xattr a user calls name, and
+// false for a name the union keeps for itself.
+func (s *Stack) diskXattr(name string) (string, bool) {
+	own := s.ownPrefix()
+	if strings.HasPrefix(name, own) {
+		return own + "overlay." + name[len(own):], true
+	}
+	if slices.Contains(readOpaqueXattrs, name) {
+		return "", false
+	}
+	return name, true
+}
+
+// userXattr returns the name a user sees for the on-disk xattr disk, and
+// false for one of the union's own.
+func (s *Stack) userXattr(disk string) (string, bool) {
+	own := s.ownPrefix()
+	if strings.HasPrefix(disk, own+"overlay.") {
+		return own + disk[len(own+"overlay."):], true
+	}
+	if strings.HasPrefix(disk, own) || slices.Contains(readOpaqueXattrs, disk) {
+		return "", false
+	}
+	return disk, true
 }
 
 func isWhiteout(st *unix.Stat_t) bool {
@@ -89,26 +110,9 @@ func markerTarget(name string) (string, bool) {
 	return name[len(whiteoutPrefix):], true
 }
 
-func (s *Stack) opaqueXattr() string {
-	if s.cfg.UserXattr {
-		return "user.overlay.opaque"
-	}
-	return "trusted.overlay.opaque"
-}
-
-func (s *Stack) lowerLinksXattr() string {
-	if s.cfg.UserXattr {
-		return "user.unionmount.lowerlinks"
-	}
-	return "trusted.unionmount.lowerlinks"
-}
-
-func (s *Stack) inoXattr() string {
-	if s.cfg.UserXattr {
-		return "user.unionmount.ino"
-	}
-	return "trusted.unionmount.ino"
-}
+func (s *Stack) opaqueXattr() string     { return s.ownPrefix() + "opaque" }
+func (s *Stack) inoXattr() string        { return s.ownPrefix() + "unionmount.ino" }
+func (s *Stack) lowerLinksXattr() string { return s.ownPrefix() + "unionmount.lowerlinks" }
 
 // mkWhiteout creates a whiteout named name in dirfd.
 func mkWhiteout(dirfd int, name string) error {

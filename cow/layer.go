@@ -89,9 +89,19 @@ func (l *Layer) open(rel string, flags int, mode uint32) (int, error) {
 	if flags&(unix.O_CREAT|unix.O_TMPFILE) == 0 {
 		how.Mode = 0
 	}
+	if !l.upper && flags&unix.O_PATH == 0 {
+		// Reading a lower must not change it, not even its atime.
+		how.Flags |= unix.O_NOATIME
+	}
 	for {
 		fd, err := unix.Openat2(l.fd, at(rel), &how)
 		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EPERM && how.Flags&unix.O_NOATIME != 0 {
+			// Only the owner (or root) may; read as the kernel
+			// would then, with the atime updated.
+			how.Flags &^= unix.O_NOATIME
 			continue
 		}
 		if err != nil {

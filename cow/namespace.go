@@ -151,10 +151,10 @@ func (s *Stack) Make(dir *Object, dirRel, name string, n NewObject, who Owner) (
 	}
 	rel := join(dirRel, name)
 	isDir := n.Mode&unix.S_IFMT == unix.S_IFDIR
-	// A new directory in a merged parent is opaque, so lookups below it
-	// need not search the lowers (the kernel does the same); one that
-	// replaces a whiteout must be, or the lower's contents would show.
-	opaque := isDir && (over || len(dir.Lowers) > 0 || !dir.Layer.upper)
+	// A directory that replaces a whiteout is opaque, or the lower's
+	// contents would show through it; elsewhere nothing below has the
+	// name, and the kernel (6.18) sets no marker.
+	opaque := isDir && over
 	if !over {
 		if err := s.makeAt(s.upper.fd, rel, n); err != nil {
 			return nil, s.upper.err("create", rel, err)

@@ -74,9 +74,19 @@ func (s *Stack) Rename(srcDir *Object, srcDirRel, srcName string, src *Object,
 			return nil, err
 		}
 	}
+	if srcTree {
+		if err := s.dropWhiteouts(srcRel); err != nil {
+			return nil, err
+		}
+	}
 	if exchange {
 		if dst.IsDir() && (dstTree || isMerged(srcDir)) {
 			if err := s.setOpaque(dstRel); err != nil {
+				return nil, err
+			}
+		}
+		if dstTree {
+			if err := s.dropWhiteouts(dstRel); err != nil {
 				return nil, err
 			}
 		}
@@ -198,6 +208,37 @@ func (s *Stack) CopyUpTree(o *Object, rel string) (*Object, error) {
 		}
 	}
 	return c, nil
+}
+
+// dropWhiteouts removes the whiteouts and markers below the upper directory
+// rel, whose whole tree was copied up and which is opaque: they hide
+// nothing any more, and a kernel mount would list them.
+//
+// Preconditions: s.ns is held.
+func (s *Stack) dropWhiteouts(rel string) error {
+	ents, err := readDirents(s.upper, rel)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		crel := join(rel, e.name)
+		switch {
+		case e.typ == unix.DT_DIR:
+			err = s.dropWhiteouts(crel)
+		case e.typ == unix.DT_CHR:
+			if st, serr := s.upper.lstat(crel); serr == nil && isWhiteout(&st) {
+				err = unix.Unlinkat(s.upper.fd, crel, 0)
+			}
+		default:
+			if _, ok := markerTarget(e.name); ok {
+				err = unix.Unlinkat(s.upper.fd, crel, 0)
+			}
+		}
+		if err != nil {
+			return s.upper.err("drop whiteout", crel, err)
+		}
+	}
+	return nil
 }
 
 // clearDir removes everything inside the upper directory rel.

@@ -217,7 +217,7 @@ func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		unix.Close(fd)
 		return nil, nil, 0, errno(err)
 	}
-	node := newNode(n.st, o)
+	node := n.newNode(o)
 	node.tmpfd = keep
 	ch := n.NewInode(ctx, node, n.idFor(o))
 	return ch, newHandle(node, fd, true), 0, 0
@@ -298,6 +298,10 @@ func (n *Node) remove(name string, isDir bool) syscall.Errno {
 		return errno(err)
 	}
 	n.dirCopiedUp(dir)
+	if ch := n.GetChild(name); ch != nil && !isDir {
+		// Its other names, if any, may now show a copy.
+		ch.Operations().(*Node).invalidate()
+	}
 	return 0
 }
 

@@ -31,5 +31,6 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions) (*fuse.Server
 		NullPermissions: true,
 		RootStableAttr:  &fusefs.StableAttr{Mode: unix.S_IFDIR, Ino: root.Ino},
 	}
-	return fusefs.Mount(mountpoint, newNode(st, root), opts)
+	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}}, obj: root, tmpfd: -1}
+	return fusefs.Mount(mountpoint, rootNode, opts)
 }

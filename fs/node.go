@@ -12,10 +12,19 @@ import (
 	"github.com/unionmount/unionmount/cow"
 )
 
+// nodes finds the live node of a merged object by its inode number, so that
+// a lookup through any of its names refreshes the node that go-fuse uses
+// for all of them (hard links share one).
+type nodes struct {
+	mu sync.Mutex
+	m  map[uint64]*Node
+}
+
 // Node is one merged object.
 type Node struct {
 	fusefs.Inode
-	st *cow.Stack
+	st  *cow.Stack
+	reg *nodes
 
 	// mu protects obj and stale.
 	mu  sync.Mutex
@@ -28,8 +37,8 @@ type Node struct {
 	tmpfd int
 }
 
-func newNode(st *cow.Stack, o *cow.Object) *Node {
-	return &Node{st: st, obj: o, tmpfd: -1}
+func (n *Node) newNode(o *cow.Object) *Node {
+	return &Node{st: n.st, reg: n.reg, obj: o, tmpfd: -1}
 }
 
 func (n *Node) idFor(o *cow.Object) fusefs.StableAttr {
@@ -117,13 +126,39 @@ func (n *Node) invalidateTree() {
 }
 
 // child returns the inode for o, named name in n: the existing one when
-// it is the same object, else a new one.
+// the object has one, else a new one.
 func (n *Node) child(ctx context.Context, name string, o *cow.Object) *fusefs.Inode {
-	if ch := n.GetChild(name); ch != nil && ch.StableAttr() == n.idFor(o) {
-		ch.Operations().(*Node).setObject(o)
-		return ch
+	id := n.idFor(o)
+	n.reg.mu.Lock()
+	defer n.reg.mu.Unlock()
+	if old, ok := n.reg.m[o.Ino]; ok && old.StableAttr() == id && !old.Forgotten() {
+		old.setObject(o)
+		return old.EmbeddedInode()
 	}
-	return n.NewInode(ctx, newNode(n.st, o), n.idFor(o))
+	c := n.newNode(o)
+	ch := n.NewInode(ctx, c, id)
+	n.reg.m[o.Ino] = c
+	return ch
+}
+
+var _ = (fusefs.NodeOnForgetter)((*Node)(nil))
+
+// OnForget implements fusefs.NodeOnForgetter.
+func (n *Node) OnForget() {
+	if n.reg == nil {
+		return
+	}
+	n.reg.mu.Lock()
+	if n.reg.m[n.StableAttr().Ino] == n {
+		delete(n.reg.m, n.StableAttr().Ino)
+	}
+	n.reg.mu.Unlock()
+	n.mu.Lock()
+	if n.tmpfd >= 0 {
+		unix.Close(n.tmpfd)
+		n.tmpfd = -1
+	}
+	n.mu.Unlock()
 }
 
 // owner returns the caller of a request.
