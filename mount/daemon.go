@@ -80,6 +80,10 @@ func startDaemon() error {
 	cmd.Env = append(os.Environ(), daemonEnv+"=3")
 	cmd.ExtraFiles = []*os.File{reportW} // fd 3
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Descriptors we inherited without close-on-exec (a caller's pipe,
+	// say) would otherwise live on in the daemon and keep that caller
+	// waiting for EOF as long as the mount lives.
+	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) // best effort: an old kernel keeps them
 	err = cmd.Start()
 	// Only the child may hold the write ends, so that our reads end
 	// when it is done with them.
