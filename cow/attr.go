@@ -150,6 +150,9 @@ func (s *Stack) Setxattr(o *Object, rel, name string, val []byte, flags int) (*O
 // Removexattr removes the xattr name of o at rel, copying it up first
 // unless o has no such xattr.
 func (s *Stack) Removexattr(o *Object, rel, name string) (*Object, error) {
+	if s.upper == nil {
+		return nil, &errRO
+	}
 	if !o.Layer.upper {
 		if _, err := s.Getxattr(o, rel, name); err != nil {
 			return nil, err
