@@ -2,6 +2,7 @@ package fs
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -22,6 +23,12 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions) (*fuse.Server
 	// Modes of new objects arrive with the caller's umask applied; the
 	// daemon's own must not apply a second time.
 	unix.Umask(0)
+	// With default_permissions the kernel checks permissions; with ACL
+	// support it checks POSIX ACLs too, as ext4 does, reading them
+	// through getxattr.
+	if slices.Contains(mo.Options, "default_permissions") {
+		mo.EnableAcl = true
+	}
 	timeout := time.Second
 	opts := &fusefs.Options{
 		MountOptions:    mo,

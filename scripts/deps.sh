@@ -5,6 +5,7 @@ if [ "$(id -u)" = 0 ]; then
 	missing=()
 	command -v fusermount3 >/dev/null || missing+=(fuse3)
 	command -v getfattr >/dev/null || missing+=(attr)
+	command -v setfacl >/dev/null || missing+=(acl)
 	if [ ${#missing[@]} -gt 0 ]; then
 		echo "installing ${missing[*]} (apt-get)"
 		apt-get update -qq
