@@ -225,31 +225,11 @@ func (s *Stack) Tmpfile(dir *Object, rel string, flags int, mode uint32, who Own
 // LinkTmpfile gives the O_TMPFILE file open as fd (the object o) the name
 // name in the merged directory dir at dirRel.
 func (s *Stack) LinkTmpfile(fd int, o *Object, dir *Object, dirRel, name string) (*Object, error) {
-	if IsReservedName(name) {
-		return nil, errReserved(join(dirRel, name))
-	}
-	if err := s.ensureUpperDir(dir, dirRel); err != nil {
-		return nil, err
-	}
-	s.ns.Lock()
-	defer s.ns.Unlock()
-	over, err := s.prepareCreate(dirRel, name)
-	if err != nil {
-		return nil, err
-	}
-	rel := join(dirRel, name)
-	dst, dstName := s.upper.fd, rel
-	if over {
-		dst, dstName = s.work.fd, s.tmpName()
-	}
-	if err := unix.Linkat(unix.AT_FDCWD, procPath(fd), dst, dstName, unix.AT_SYMLINK_FOLLOW); err != nil {
-		return nil, s.upper.err("link", rel, err)
-	}
-	if over {
-		if err := s.replaceWhiteout(dstName, rel, false); err != nil {
-			unix.Unlinkat(s.work.fd, dstName, 0)
-			return nil, err
+	err := s.newEntry(dir, dirRel, name, false, func(l *Layer, name string, _ bool) error {
+		if err := unix.Linkat(unix.AT_FDCWD, procPath(fd), l.fd, name, unix.AT_SYMLINK_FOLLOW); err != nil {
+			return l.err("link", name, err)
 		}
-	}
-	return o, nil
+		return nil
+	})
+	return o, err
 }

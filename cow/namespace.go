@@ -23,86 +23,72 @@ func errReserved(rel string) error {
 	return &os.PathError{Op: "create", Path: rel, Err: unix.EINVAL}
 }
 
-// prepareCreate reports whether rel is a whiteout in the upper that the new
-// object replaces; the parent directory is in the upper already.
-//
-// Preconditions: s.ns is held.
-func (s *Stack) prepareCreate(dirRel, name string) (overWhiteout bool, err error) {
+// newEntry makes a new entry name in the merged directory dir at dirRel:
+// build creates it as name in layer l, cleaning up after itself if it
+// fails. Where the upper has a whiteout of that name, the entry is built in
+// the work directory and swapped in for the whiteout in one step, so a
+// failure cannot bring the lower's object back; over means that, and a new
+// directory must then be made opaque. The parent is copied up first.
+func (s *Stack) newEntry(dir *Object, dirRel, name string, isDir bool,
+	build func(l *Layer, name string, over bool) error) error {
 	if s.upper == nil {
-		return false, &errRO
+		return &errRO
 	}
 	if IsReservedName(name) {
-		return false, errReserved(join(dirRel, name))
+		return errReserved(join(dirRel, name))
 	}
+	if err := s.ensureUpperDir(dir, dirRel); err != nil {
+		return err
+	}
+	s.ns.Lock()
+	defer s.ns.Unlock()
 	rel := join(dirRel, name)
 	st, err := s.upper.lstat(rel)
 	switch {
-	case err == nil && isWhiteout(&st):
-		return true, nil
-	case err == nil:
-		return false, s.upper.err("create", rel, unix.EEXIST)
-	case !errors.Is(err, unix.ENOENT):
-		return false, err
+	case err == nil && !isWhiteout(&st):
+		return s.upper.err("create", rel, unix.EEXIST)
+	case err != nil && !errors.Is(err, unix.ENOENT):
+		return err
+	case err != nil:
+		return build(s.upper, rel, false)
 	}
-	return false, nil
+	tmp := s.tmpName()
+	if err := build(s.work, tmp, true); err != nil {
+		return err
+	}
+	if err := s.replaceWhiteout(tmp, rel, isDir); err != nil {
+		removeAll(s.work, tmp)
+		return err
+	}
+	return nil
 }
 
 // Create creates and opens a regular file name in the merged directory dir
 // at dirRel. flags are open(2) flags.
 func (s *Stack) Create(dir *Object, dirRel, name string, flags int, mode uint32, who Owner) (int, *Object, error) {
-	if IsReservedName(name) {
-		return -1, nil, errReserved(join(dirRel, name))
-	}
-	if err := s.ensureUpperDir(dir, dirRel); err != nil {
-		return -1, nil, err
-	}
-	s.ns.Lock()
-	defer s.ns.Unlock()
-	over, err := s.prepareCreate(dirRel, name)
-	if err != nil {
-		return -1, nil, err
-	}
-	rel := join(dirRel, name)
 	flags = flags&^(unix.O_TRUNC|unix.O_EXCL) | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC | unix.O_NOFOLLOW
-	if !over {
-		fd, err := unix.Openat(s.upper.fd, rel, flags, mode)
-		if err != nil {
-			return -1, nil, s.upper.err("create", rel, err)
+	fd := -1
+	err := s.newEntry(dir, dirRel, name, false, func(l *Layer, name string, _ bool) error {
+		var err error
+		if fd, err = unix.Openat(l.fd, name, flags, mode); err != nil {
+			return l.err("create", name, err)
 		}
-		if err := s.chownNew(s.upper.fd, rel, dirRel, who); err != nil {
+		if err := s.chownNew(l.fd, name, dirRel, who); err != nil {
 			unix.Close(fd)
-			unix.Unlinkat(s.upper.fd, rel, 0)
-			return -1, nil, err
+			unix.Unlinkat(l.fd, name, 0)
+			return err
 		}
-		o, err := s.newObject(rel)
-		return fd, o, closeOnErr(fd, err)
-	}
-	// Replace the whiteout atomically: a failure must not resurrect the
-	// lower file.
-	tmp := s.tmpName()
-	fd, err := unix.Openat(s.work.fd, tmp, flags, mode)
+		return nil
+	})
 	if err != nil {
-		return -1, nil, s.work.err("create", tmp, err)
-	}
-	if err := s.chownNew(s.work.fd, tmp, dirRel, who); err != nil {
-		unix.Close(fd)
-		unix.Unlinkat(s.work.fd, tmp, 0)
 		return -1, nil, err
 	}
-	if err := renameat2(s.work.fd, tmp, s.upper.fd, rel, 0); err != nil {
-		unix.Close(fd)
-		unix.Unlinkat(s.work.fd, tmp, 0)
-		return -1, nil, s.upper.err("create", rel, err)
-	}
-	o, err := s.newObject(rel)
-	return fd, o, closeOnErr(fd, err)
-}
-
-func closeOnErr(fd int, err error) error {
+	o, err := s.newObject(join(dirRel, name))
 	if err != nil {
 		unix.Close(fd)
+		return -1, nil, err
 	}
-	return err
+	return fd, o, nil
 }
 
 // newObject returns the object just created at rel in the upper.
@@ -137,56 +123,27 @@ func (s *Stack) Make(dir *Object, dirRel, name string, n NewObject, who Owner) (
 		// It would be a whiteout: the kernel refuses it too.
 		return nil, &os.PathError{Op: "mknod", Path: join(dirRel, name), Err: unix.EPERM}
 	}
-	if IsReservedName(name) {
-		return nil, errReserved(join(dirRel, name))
-	}
-	if err := s.ensureUpperDir(dir, dirRel); err != nil {
-		return nil, err
-	}
-	s.ns.Lock()
-	defer s.ns.Unlock()
-	over, err := s.prepareCreate(dirRel, name)
-	if err != nil {
-		return nil, err
-	}
-	rel := join(dirRel, name)
 	isDir := n.Mode&unix.S_IFMT == unix.S_IFDIR
-	// A directory that replaces a whiteout is opaque, or the lower's
-	// contents would show through it; elsewhere nothing below has the
-	// name, and the kernel (6.18) sets no marker.
-	opaque := isDir && over
-	if !over {
-		if err := s.makeAt(s.upper.fd, rel, n); err != nil {
-			return nil, s.upper.err("create", rel, err)
+	err := s.newEntry(dir, dirRel, name, isDir, func(l *Layer, name string, over bool) error {
+		if err := s.makeAt(l.fd, name, n); err != nil {
+			return l.err("create", name, err)
 		}
-		if err := s.chownNew(s.upper.fd, rel, dirRel, who); err != nil {
-			removeAll(s.upper, rel)
-			return nil, err
+		err := s.chownNew(l.fd, name, dirRel, who)
+		// A directory that replaces a whiteout is opaque, or the
+		// lower's contents would show through it; elsewhere nothing
+		// below has the name, and the kernel (6.18) sets no marker.
+		if err == nil && isDir && over {
+			err = l.setxattr(name, s.opaqueXattr(), []byte("y"))
 		}
-		if opaque {
-			if err := s.setOpaque(rel); err != nil {
-				removeAll(s.upper, rel)
-				return nil, err
-			}
+		if err != nil {
+			removeAll(l, name)
 		}
-		return s.newObject(rel)
-	}
-	tmp := s.tmpName()
-	if err := s.makeAt(s.work.fd, tmp, n); err != nil {
-		return nil, s.work.err("create", tmp, err)
-	}
-	err = s.chownNew(s.work.fd, tmp, dirRel, who)
-	if err == nil && opaque {
-		err = s.work.setxattr(tmp, s.opaqueXattr(), []byte("y"))
-	}
-	if err == nil {
-		err = s.replaceWhiteout(tmp, rel, isDir)
-	}
+		return err
+	})
 	if err != nil {
-		removeAll(s.work, tmp)
 		return nil, err
 	}
-	return s.newObject(rel)
+	return s.newObject(join(dirRel, name))
 }
 
 // replaceWhiteout moves tmp from the work directory over the whiteout at
@@ -236,37 +193,19 @@ func (s *Stack) ensureUpperDir(dir *Object, rel string) error {
 // target (at targetRel), copying target up first.
 func (s *Stack) Link(target *Object, targetRel string, dir *Object, dirRel, name string) (*Object, error) {
 	if IsReservedName(name) {
-		return nil, errReserved(join(dirRel, name))
+		return nil, errReserved(join(dirRel, name)) // before copying up
 	}
 	t, err := s.CopyUp(target, targetRel, true)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.ensureUpperDir(dir, dirRel); err != nil {
-		return nil, err
-	}
-	s.ns.Lock()
-	defer s.ns.Unlock()
-	over, err := s.prepareCreate(dirRel, name)
-	if err != nil {
-		return nil, err
-	}
-	rel := join(dirRel, name)
-	if !over {
-		if err := unix.Linkat(s.upper.fd, targetRel, s.upper.fd, rel, 0); err != nil {
-			return nil, s.upper.err("link", rel, err)
+	err = s.newEntry(dir, dirRel, name, false, func(l *Layer, name string, _ bool) error {
+		if err := unix.Linkat(t.Layer.fd, t.loc(targetRel), l.fd, name, 0); err != nil {
+			return l.err("link", name, err)
 		}
-		return t, nil
-	}
-	tmp := s.tmpName()
-	if err := unix.Linkat(s.upper.fd, targetRel, s.work.fd, tmp, 0); err != nil {
-		return nil, s.upper.err("link", rel, err)
-	}
-	if err := s.replaceWhiteout(tmp, rel, false); err != nil {
-		unix.Unlinkat(s.work.fd, tmp, 0)
-		return nil, err
-	}
-	return t, nil
+		return nil
+	})
+	return t, err
 }
 
 // Unlink removes the non-directory name, the object o, from the merged
