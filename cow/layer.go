@@ -1,6 +1,7 @@
 package cow
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path"
@@ -148,50 +149,37 @@ func (l *Layer) setxattr(rel, name string, val []byte) error {
 }
 
 func getxattrPath(p, name string) ([]byte, error) {
-	buf := make([]byte, 256)
+	return sized(256, func(buf []byte) (int, error) { return unix.Getxattr(p, name, buf) })
+}
+
+func listxattrPath(p string) ([]string, error) {
+	buf, err := sized(1024, func(buf []byte) (int, error) { return unix.Listxattr(p, buf) })
+	var names []string
+	for _, n := range bytes.Split(buf, []byte{0}) {
+		if len(n) > 0 {
+			names = append(names, string(n))
+		}
+	}
+	return names, err
+}
+
+// sized calls fill, a getxattr-like call, with a buffer of size bytes, and
+// with a larger one while the answer does not fit.
+func sized(size int, fill func(buf []byte) (int, error)) ([]byte, error) {
+	buf := make([]byte, size)
 	for {
-		n, err := unix.Getxattr(p, name, buf)
+		n, err := fill(buf)
 		if err == unix.ERANGE {
-			sz, err := unix.Getxattr(p, name, nil)
-			if err != nil {
+			if n, err = fill(nil); err != nil {
 				return nil, err
 			}
-			buf = make([]byte, sz+64)
+			buf = make([]byte, n+64)
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
 		return buf[:n], nil
-	}
-}
-
-func listxattrPath(p string) ([]string, error) {
-	buf := make([]byte, 1024)
-	for {
-		n, err := unix.Listxattr(p, buf)
-		if err == unix.ERANGE {
-			sz, err := unix.Listxattr(p, nil)
-			if err != nil {
-				return nil, err
-			}
-			buf = make([]byte, sz+64)
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		var names []string
-		start := 0
-		for i := 0; i < n; i++ {
-			if buf[i] == 0 {
-				if i > start {
-					names = append(names, string(buf[start:i]))
-				}
-				start = i + 1
-			}
-		}
-		return names, nil
 	}
 }
 
