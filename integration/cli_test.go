@@ -633,3 +633,29 @@ func TestMountFstab(t *testing.T) {
 	}
 	waitNoDaemon(t, tr.merged)
 }
+
+// TestMountLogFile checks that a daemon started with --log (and --debug)
+// writes its diagnostics there once it has detached.
+func TestMountLogFile(t *testing.T) {
+	needFUSE(t)
+	base := t.TempDir()
+	lower, upper, mnt := filepath.Join(base, "l"), filepath.Join(base, "u"), filepath.Join(base, "m")
+	for _, d := range []string{lower, upper, mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logFile := filepath.Join(base, "daemon.log")
+	mountUnion(t, "--debug", "-o", "log="+logFile, lower, upper, mnt)
+	if _, err := os.ReadDir(mnt); err != nil {
+		t.Fatal(err)
+	}
+	unmount(t, mnt)
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatalf("no log file: %v", err)
+	}
+	if !strings.Contains(string(data), "OPENDIR") {
+		t.Errorf("log has no OPENDIR request:\n%s", data)
+	}
+}

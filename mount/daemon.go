@@ -167,7 +167,7 @@ func runDaemon(o *Options, report *os.File) error {
 	}
 	_, werr := io.WriteString(report, msg+"\n")
 	report.Close()
-	detachStderr()
+	detachStderr(o.Log)
 	if err != nil {
 		return err
 	}
@@ -182,15 +182,21 @@ func runDaemon(o *Options, report *os.File) error {
 	return u.Serve()
 }
 
-// detachStderr points stderr at /dev/null: the command that started the
-// daemon has returned, and nobody reads the pipe any more.
-func detachStderr() {
-	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+// detachStderr points stderr at the log file, or at /dev/null: the command
+// that started the daemon has returned, and nobody reads the pipe any more.
+func detachStderr(logFile string) {
+	f, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if logFile != "" {
+		if lf, lerr := os.OpenFile(logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); lerr == nil {
+			f.Close()
+			f, err = lf, nil
+		}
+	}
 	if err != nil {
 		return // keep the pipe; writes to it fail harmlessly
 	}
-	_ = unix.Dup3(int(null.Fd()), 2, 0)
-	null.Close()
+	_ = unix.Dup3(int(f.Fd()), 2, 0)
+	f.Close()
 }
 
 func validateAndMount(o *Options) (*Union, error) {

@@ -40,8 +40,12 @@ type Options struct {
 	// UserXattr keeps the union's own xattrs in the user.* namespace
 	// (the kernel's userxattr mode), as needed without root.
 	UserXattr bool
-	// Debug logs every FUSE request; useful only with Foreground.
+	// Debug logs every FUSE request to stderr, or to Log.
 	Debug bool
+	// Log is a file the daemon appends its diagnostics to once detached
+	// (errors, --debug output, a stack dump on SIGQUIT); without it they
+	// are discarded.
+	Log string
 	// Foreground serves in this process instead of a daemon.
 	Foreground bool
 }
@@ -81,6 +85,8 @@ func (o *Options) Parse(args []string, mountOpts []string) error {
 				o.Work = unescape(val)
 			case key == "fsname" && hasVal:
 				o.FsName = val
+			case key == "log" && hasVal:
+				o.Log = unescape(val)
 			case hasVal:
 				if !ignoredValue[key] && !strings.HasPrefix(key, "x-") {
 					return fmt.Errorf("unknown mount option %q", opt)

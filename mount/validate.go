@@ -44,6 +44,13 @@ func (o *Options) Validate() error {
 	if o.Upper == "" && o.Work != "" {
 		return fmt.Errorf("workdir %s given without an upper directory", o.Work)
 	}
+	if o.Log != "" {
+		p, err := filepath.Abs(o.Log)
+		if err != nil {
+			return fmt.Errorf("log file %s: %w", o.Log, err)
+		}
+		o.Log = p
+	}
 	if o.ReadOnly && o.Upper != "" {
 		o.Lowers = append([]string{o.Upper}, o.Lowers...)
 		o.Upper, o.Work = "", ""

@@ -28,7 +28,7 @@ DIR/.NAME.work next to the upper DIR/NAME, created on mount.
 The -o form is fuse-overlayfs's, so mount(8) and fstab work:
    mount -t fuse.unionmount unionmount /mnt/merged -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w
    fstab: unionmount /mnt/merged fuse.unionmount lowerdir=/l1:/l2,upperdir=/u,workdir=/w 0 0
-Other -o options: ro, rw, allow_other, default_permissions, userxattr, debug,
+Other -o options: ro, rw, allow_other, default_permissions, userxattr, debug, log=FILE,
 fsname=NAME; generic mount options (nodev, noatime, nofail, ...) are ignored.
 
 As root, the mount is open to all users (allow_other) and the kernel checks
@@ -54,7 +54,8 @@ var mountFlags = []cli.Flag{
 	},
 	&cli.BoolFlag{Name: "read-only", Aliases: []string{"r"}, DisableDefaultText: true, Usage: "mount read-only; an upper is shown but not written"},
 	&cli.BoolFlag{Name: "foreground", Aliases: []string{"f"}, DisableDefaultText: true, Usage: "stay in the foreground; unmount on SIGINT or SIGTERM"},
-	&cli.BoolFlag{Name: "debug", Aliases: []string{"d"}, DisableDefaultText: true, Usage: "log every FUSE request to stderr (use with --foreground)"},
+	&cli.BoolFlag{Name: "debug", Aliases: []string{"d"}, DisableDefaultText: true, Usage: "log every FUSE request (to stderr with --foreground, else to --log)"},
+	&cli.StringFlag{Name: "log", Usage: "once in the background, append diagnostics to `FILE` (default: discard them)"},
 	&cli.BoolFlag{Name: "allow-other", DisableDefaultText: true, Usage: "let other users use the mount (default as root)"},
 	&cli.BoolFlag{Name: "no-allow-other", DisableDefaultText: true, Usage: "only the mounting user may use the mount"},
 	&cli.BoolFlag{Name: "default-permissions", DisableDefaultText: true, Usage: "let the kernel check permissions (default as root)"},
@@ -67,6 +68,7 @@ func mountAction(c *cli.Context) error {
 	o.Foreground = c.Bool("foreground")
 	o.ReadOnly = c.Bool("read-only")
 	o.Debug = c.Bool("debug")
+	o.Log = c.String("log")
 	o.Work = c.String("workdir")
 	o.AllowOther = (o.AllowOther || c.Bool("allow-other")) && !c.Bool("no-allow-other")
 	o.DefaultPermissions = (o.DefaultPermissions || c.Bool("default-permissions")) && !c.Bool("no-default-permissions")
