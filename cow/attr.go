@@ -71,12 +71,12 @@ func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
 		if a.GID != nil {
 			gid = int(*a.GID)
 		}
-		if err := unix.Fchownat(u.fd, at(rel), uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := u.in(rel, func(d int, n string) error { return unix.Fchownat(d, n, uid, gid, unix.AT_SYMLINK_NOFOLLOW) }); err != nil {
 			return nil, u.err("chown", rel, err)
 		}
 	}
 	if a.Mode != nil && !isLink {
-		if err := unix.Fchmodat(u.fd, at(rel), *a.Mode&0o7777, 0); err != nil {
+		if err := u.in(rel, func(d int, n string) error { return unix.Fchmodat(d, n, *a.Mode&0o7777, 0) }); err != nil {
 			return nil, u.err("chmod", rel, err)
 		}
 	}
@@ -104,7 +104,7 @@ func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
 		if a.Mtime != nil {
 			ts[1] = *a.Mtime
 		}
-		if err := unix.UtimesNanoAt(u.fd, at(rel), ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := u.setTimes(rel, ts); err != nil {
 			return nil, u.err("utimes", rel, err)
 		}
 	}
@@ -225,9 +225,9 @@ func (s *Stack) Tmpfile(dir *Object, rel string, flags int, mode uint32, who Own
 // LinkTmpfile gives the O_TMPFILE file open as fd (the object o) the name
 // name in the merged directory dir at dirRel.
 func (s *Stack) LinkTmpfile(fd int, o *Object, dir *Object, dirRel, name string) (*Object, error) {
-	err := s.newEntry(dir, dirRel, name, false, func(l *Layer, name string, _ bool) error {
-		if err := unix.Linkat(unix.AT_FDCWD, procPath(fd), l.fd, name, unix.AT_SYMLINK_FOLLOW); err != nil {
-			return l.err("link", name, err)
+	err := s.newEntry(dir, dirRel, name, false, func(d int, n string, _ bool) error {
+		if err := unix.Linkat(unix.AT_FDCWD, procPath(fd), d, n, unix.AT_SYMLINK_FOLLOW); err != nil {
+			return s.upper.err("link", join(dirRel, name), err)
 		}
 		return nil
 	})

@@ -125,14 +125,12 @@ func (s *Stack) placeCopy(tmp, rel string) error {
 	defer s.ns.Unlock()
 	dir, _ := split(rel)
 	pst, perr := s.upper.lstat(dir)
-	err := renameat2(s.work.fd, tmp, s.upper.fd, rel, unix.RENAME_NOREPLACE)
-	if err != nil {
+	if err := s.intoUpper(tmp, rel, unix.RENAME_NOREPLACE); err != nil {
 		removeAll(s.work, tmp)
 		return fmt.Errorf("copy up %s: %w", rel, s.upper.err("rename", rel, err))
 	}
 	if perr == nil {
-		ts := []unix.Timespec{pst.Atim, pst.Mtim}
-		_ = unix.UtimesNanoAt(s.upper.fd, at(dir), ts, unix.AT_SYMLINK_NOFOLLOW) // best effort, as in the kernel
+		_ = s.upper.setTimes(dir, []unix.Timespec{pst.Atim, pst.Mtim}) // best effort, as in the kernel
 	}
 	return nil
 }

@@ -114,6 +114,16 @@ func (s *Stack) opaqueXattr() string     { return s.ownPrefix() + "opaque" }
 func (s *Stack) inoXattr() string        { return s.ownPrefix() + "unionmount.ino" }
 func (s *Stack) lowerLinksXattr() string { return s.ownPrefix() + "unionmount.lowerlinks" }
 
+// setxattrAt sets the xattr x of name in dirfd, not following a symlink.
+func setxattrAt(dirfd int, name, x string, val []byte) error {
+	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Setxattr(procPath(fd), x, val, 0)
+}
+
 // mkWhiteout creates a whiteout named name in dirfd.
 func mkWhiteout(dirfd int, name string) error {
 	return unix.Mknodat(dirfd, name, unix.S_IFCHR, 0)

@@ -112,6 +112,51 @@ func (l *Layer) open(rel string, flags int, mode uint32) (int, error) {
 	}
 }
 
+// in runs fn with a descriptor of the directory that holds rel and rel's
+// last name ("." for the root). The directory is reached without following
+// any symlink, so that whatever changes through the mount meanwhile, fn
+// cannot act outside the layer. Every change to a layer goes through in or
+// open.
+func (l *Layer) in(rel string, fn func(dirfd int, name string) error) error {
+	dir, name := split(rel)
+	if dir == "" {
+		return fn(l.fd, at(name))
+	}
+	fd, err := l.open(dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return fn(fd, name)
+}
+
+// intoUpper renames tmp from the work directory to rel in the upper.
+func (s *Stack) intoUpper(tmp, rel string, flags uint) error {
+	return s.upper.in(rel, func(d int, n string) error { return renameat2(s.work.fd, tmp, d, n, flags) })
+}
+
+// outOfUpper renames rel in the upper to tmp in the work directory.
+func (s *Stack) outOfUpper(rel, tmp string, flags uint) error {
+	return s.upper.in(rel, func(d int, n string) error { return renameat2(d, n, s.work.fd, tmp, flags) })
+}
+
+// renameUpper renames src to dst, both in the upper.
+func (s *Stack) renameUpper(src, dst string, flags uint) error {
+	return s.upper.in(src, func(sd int, sn string) error {
+		return s.upper.in(dst, func(dd int, dn string) error { return renameat2(sd, sn, dd, dn, flags) })
+	})
+}
+
+// unlink removes the non-directory rel.
+func (l *Layer) unlink(rel string) error {
+	return l.in(rel, func(d int, n string) error { return unix.Unlinkat(d, n, 0) })
+}
+
+// setTimes sets the atime and mtime of rel, not following a symlink.
+func (l *Layer) setTimes(rel string, ts []unix.Timespec) error {
+	return l.in(rel, func(d int, n string) error { return unix.UtimesNanoAt(d, n, ts, unix.AT_SYMLINK_NOFOLLOW) })
+}
+
 // procPath returns a path naming the object open as fd, for the xattr
 // calls that have no descriptor form for O_PATH descriptors.
 func procPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }

@@ -86,13 +86,12 @@ func (s *Stack) materialize(o *Object, rel string) (*Object, error) {
 	}
 	dir, _ := split(rel)
 	pst, perr := s.upper.lstat(dir)
-	if err := renameat2(s.work.fd, tmp, s.upper.fd, rel, 0); err != nil {
+	if err := s.intoUpper(tmp, rel, 0); err != nil {
 		unix.Unlinkat(s.work.fd, tmp, 0)
 		return nil, s.upper.err("rename", rel, err)
 	}
 	if perr == nil {
-		ts := []unix.Timespec{pst.Atim, pst.Mtim}
-		_ = unix.UtimesNanoAt(s.upper.fd, at(dir), ts, unix.AT_SYMLINK_NOFOLLOW) // best effort
+		_ = s.upper.setTimes(dir, []unix.Timespec{pst.Atim, pst.Mtim}) // best effort
 	}
 	return o, s.addLowerLinks(o.indexName, -1)
 }

@@ -24,13 +24,13 @@ func errReserved(rel string) error {
 }
 
 // newEntry makes a new entry name in the merged directory dir at dirRel:
-// build creates it as name in layer l, cleaning up after itself if it
-// fails. Where the upper has a whiteout of that name, the entry is built in
+// build creates it as name in the directory dirfd, cleaning up after itself
+// if it fails. Where the upper has a whiteout of that name, the entry is built in
 // the work directory and swapped in for the whiteout in one step, so a
 // failure cannot bring the lower's object back; over means that, and a new
 // directory must then be made opaque. The parent is copied up first.
 func (s *Stack) newEntry(dir *Object, dirRel, name string, isDir bool,
-	build func(l *Layer, name string, over bool) error) error {
+	build func(dirfd int, name string, over bool) error) error {
 	if s.upper == nil {
 		return &errRO
 	}
@@ -50,10 +50,10 @@ func (s *Stack) newEntry(dir *Object, dirRel, name string, isDir bool,
 	case err != nil && !errors.Is(err, unix.ENOENT):
 		return err
 	case err != nil:
-		return build(s.upper, rel, false)
+		return s.upper.in(rel, func(d int, n string) error { return build(d, n, false) })
 	}
 	tmp := s.tmpName()
-	if err := build(s.work, tmp, true); err != nil {
+	if err := build(s.work.fd, tmp, true); err != nil {
 		return err
 	}
 	if err := s.replaceWhiteout(tmp, rel, isDir); err != nil {
@@ -68,14 +68,14 @@ func (s *Stack) newEntry(dir *Object, dirRel, name string, isDir bool,
 func (s *Stack) Create(dir *Object, dirRel, name string, flags int, mode uint32, who Owner) (int, *Object, error) {
 	flags = flags&^(unix.O_TRUNC|unix.O_EXCL) | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC | unix.O_NOFOLLOW
 	fd := -1
-	err := s.newEntry(dir, dirRel, name, false, func(l *Layer, name string, _ bool) error {
+	err := s.newEntry(dir, dirRel, name, false, func(d int, n string, _ bool) error {
 		var err error
-		if fd, err = unix.Openat(l.fd, name, flags, mode); err != nil {
-			return l.err("create", name, err)
+		if fd, err = unix.Openat(d, n, flags, mode); err != nil {
+			return s.upper.err("create", join(dirRel, name), err)
 		}
-		if err := s.chownNew(l.fd, name, dirRel, who); err != nil {
+		if err := s.chownNew(d, n, dirRel, who); err != nil {
 			unix.Close(fd)
-			unix.Unlinkat(l.fd, name, 0)
+			unix.Unlinkat(d, n, 0)
 			return err
 		}
 		return nil
@@ -124,19 +124,19 @@ func (s *Stack) Make(dir *Object, dirRel, name string, n NewObject, who Owner) (
 		return nil, &os.PathError{Op: "mknod", Path: join(dirRel, name), Err: unix.EPERM}
 	}
 	isDir := n.Mode&unix.S_IFMT == unix.S_IFDIR
-	err := s.newEntry(dir, dirRel, name, isDir, func(l *Layer, name string, over bool) error {
-		if err := s.makeAt(l.fd, name, n); err != nil {
-			return l.err("create", name, err)
+	err := s.newEntry(dir, dirRel, name, isDir, func(d int, nm string, over bool) error {
+		if err := s.makeAt(d, nm, n); err != nil {
+			return s.upper.err("create", join(dirRel, name), err)
 		}
-		err := s.chownNew(l.fd, name, dirRel, who)
+		err := s.chownNew(d, nm, dirRel, who)
 		// A directory that replaces a whiteout is opaque, or the
 		// lower's contents would show through it; elsewhere nothing
 		// below has the name, and the kernel (6.18) sets no marker.
 		if err == nil && isDir && over {
-			err = l.setxattr(name, s.opaqueXattr(), []byte("y"))
+			err = setxattrAt(d, nm, s.opaqueXattr(), []byte("y"))
 		}
 		if err != nil {
-			removeAll(l, name)
+			removeAt(d, nm)
 		}
 		return err
 	})
@@ -153,12 +153,12 @@ func (s *Stack) Make(dir *Object, dirRel, name string, n NewObject, who Owner) (
 // Preconditions: s.ns is held.
 func (s *Stack) replaceWhiteout(tmp, rel string, isDir bool) error {
 	if !isDir {
-		if err := renameat2(s.work.fd, tmp, s.upper.fd, rel, 0); err != nil {
+		if err := s.intoUpper(tmp, rel, 0); err != nil {
 			return s.upper.err("rename", rel, err)
 		}
 		return nil
 	}
-	if err := renameat2(s.work.fd, tmp, s.upper.fd, rel, unix.RENAME_EXCHANGE); err != nil {
+	if err := s.intoUpper(tmp, rel, unix.RENAME_EXCHANGE); err != nil {
 		return s.upper.err("rename", rel, err)
 	}
 	unix.Unlinkat(s.work.fd, tmp, 0)
@@ -199,9 +199,10 @@ func (s *Stack) Link(target *Object, targetRel string, dir *Object, dirRel, name
 	if err != nil {
 		return nil, err
 	}
-	err = s.newEntry(dir, dirRel, name, false, func(l *Layer, name string, _ bool) error {
-		if err := unix.Linkat(t.Layer.fd, t.loc(targetRel), l.fd, name, 0); err != nil {
-			return l.err("link", name, err)
+	err = s.newEntry(dir, dirRel, name, false, func(d int, n string, _ bool) error {
+		err := t.Layer.in(t.loc(targetRel), func(td int, tn string) error { return unix.Linkat(td, tn, d, n, 0) })
+		if err != nil {
+			return s.upper.err("link", join(dirRel, name), err)
 		}
 		return nil
 	})
@@ -261,7 +262,7 @@ func (s *Stack) remove(dir *Object, dirRel, name string, o *Object) error {
 	case inUpper:
 		return removeAll(s.upper, rel)
 	case whiteout:
-		if err := mkWhiteout(s.upper.fd, rel); err != nil {
+		if err := s.upper.in(rel, mkWhiteout); err != nil {
 			return s.upper.err("whiteout", rel, err)
 		}
 		if o.indexName != "" {
@@ -276,7 +277,7 @@ func (s *Stack) remove(dir *Object, dirRel, name string, o *Object) error {
 //
 // Preconditions: s.ns is held.
 func (s *Stack) whiteoutRename(rel, tmp string) error {
-	err := renameat2(s.upper.fd, rel, s.work.fd, tmp, unix.RENAME_WHITEOUT)
+	err := s.outOfUpper(rel, tmp, unix.RENAME_WHITEOUT)
 	if err == nil {
 		return nil
 	}
@@ -288,7 +289,7 @@ func (s *Stack) whiteoutRename(rel, tmp string) error {
 	if err := mkWhiteout(s.work.fd, tmp); err != nil {
 		return s.work.err("whiteout", tmp, err)
 	}
-	if err := renameat2(s.upper.fd, rel, s.work.fd, tmp, unix.RENAME_EXCHANGE); err != nil {
+	if err := s.outOfUpper(rel, tmp, unix.RENAME_EXCHANGE); err != nil {
 		unix.Unlinkat(s.work.fd, tmp, 0)
 		return s.upper.err("rename", rel, err)
 	}

@@ -99,6 +99,15 @@ func readDirents(l *Layer, rel string) ([]dirent, error) {
 		return nil, err
 	}
 	defer unix.Close(fd)
+	ents, err := direntsOf(fd)
+	if err != nil {
+		return nil, l.err("readdir", rel, err)
+	}
+	return ents, nil
+}
+
+// direntsOf reads the open directory fd, without "." and "..".
+func direntsOf(fd int) ([]dirent, error) {
 	var out []dirent
 	buf := make([]byte, 32<<10)
 	for {
@@ -107,7 +116,7 @@ func readDirents(l *Layer, rel string) ([]dirent, error) {
 			continue
 		}
 		if err != nil {
-			return nil, l.err("readdir", rel, err)
+			return nil, err
 		}
 		if n <= 0 {
 			return out, nil
@@ -144,24 +153,42 @@ func readNames(l *Layer, rel string) ([]string, error) {
 // removeAll removes rel and everything below it from l (the upper or the
 // work directory).
 func removeAll(l *Layer, rel string) error {
-	err := unix.Unlinkat(l.fd, rel, 0)
+	return l.in(rel, func(dirfd int, name string) error {
+		if err := removeAt(dirfd, name); err != nil {
+			return l.err("remove", rel, err)
+		}
+		return nil
+	})
+}
+
+// removeAt removes name in dirfd and everything below it, never following a
+// symlink.
+func removeAt(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
 	if err == nil || errors.Is(err, unix.ENOENT) {
 		return nil
 	}
 	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
-		return l.err("unlink", rel, err)
+		return err
 	}
-	names, err := readNames(l, rel)
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
-	for _, n := range names {
-		if err := removeAll(l, join(rel, n)); err != nil {
-			return err
+	names, err := direntsOf(fd)
+	if err == nil {
+		for _, e := range names {
+			if err = removeAt(fd, e.name); err != nil {
+				break
+			}
 		}
 	}
-	if err := unix.Unlinkat(l.fd, rel, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-		return l.err("rmdir", rel, err)
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return err
 	}
 	return nil
 }

@@ -90,7 +90,7 @@ func (s *Stack) Rename(srcDir *Object, srcDirRel, srcName string, src *Object,
 				return nil, err
 			}
 		}
-		if err := renameat2(s.upper.fd, srcRel, s.upper.fd, dstRel, unix.RENAME_EXCHANGE); err != nil {
+		if err := s.renameUpper(srcRel, dstRel, unix.RENAME_EXCHANGE); err != nil {
 			return nil, s.upper.err("rename", srcRel, err)
 		}
 		return s.renamed(src, srcTree), nil
@@ -122,11 +122,11 @@ func (s *Stack) Rename(srcDir *Object, srcDirRel, srcName string, src *Object,
 	if dstWhiteout && src.IsDir() {
 		// A directory cannot replace a non-directory: exchange, and
 		// the whiteout lands where the source was.
-		if err := renameat2(s.upper.fd, srcRel, s.upper.fd, dstRel, unix.RENAME_EXCHANGE); err != nil {
+		if err := s.renameUpper(srcRel, dstRel, unix.RENAME_EXCHANGE); err != nil {
 			return nil, s.upper.err("rename", srcRel, err)
 		}
 		if !whiteout {
-			unix.Unlinkat(s.upper.fd, srcRel, 0)
+			s.upper.unlink(srcRel)
 		}
 		return s.renamed(src, srcTree), nil
 	}
@@ -134,11 +134,11 @@ func (s *Stack) Rename(srcDir *Object, srcDirRel, srcName string, src *Object,
 	if whiteout {
 		rf = unix.RENAME_WHITEOUT
 	}
-	err = renameat2(s.upper.fd, srcRel, s.upper.fd, dstRel, rf)
+	err = s.renameUpper(srcRel, dstRel, rf)
 	if errors.Is(err, unix.EINVAL) && whiteout {
 		// No RENAME_WHITEOUT here: rename, then whiteout.
-		if err = renameat2(s.upper.fd, srcRel, s.upper.fd, dstRel, 0); err == nil {
-			err = mkWhiteout(s.upper.fd, srcRel)
+		if err = s.renameUpper(srcRel, dstRel, 0); err == nil {
+			err = s.upper.in(srcRel, mkWhiteout)
 		}
 	}
 	if err != nil {
@@ -216,26 +216,31 @@ func (s *Stack) CopyUpTree(o *Object, rel string) (*Object, error) {
 //
 // Preconditions: s.ns is held.
 func (s *Stack) dropWhiteouts(rel string) error {
-	ents, err := readDirents(s.upper, rel)
+	fd, err := s.upper.open(rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return err
 	}
+	defer unix.Close(fd)
+	ents, err := direntsOf(fd)
+	if err != nil {
+		return s.upper.err("readdir", rel, err)
+	}
 	for _, e := range ents {
-		crel := join(rel, e.name)
+		var st unix.Stat_t
 		switch {
 		case e.typ == unix.DT_DIR:
-			err = s.dropWhiteouts(crel)
+			err = s.dropWhiteouts(join(rel, e.name))
 		case e.typ == unix.DT_CHR:
-			if st, serr := s.upper.lstat(crel); serr == nil && isWhiteout(&st) {
-				err = unix.Unlinkat(s.upper.fd, crel, 0)
+			if unix.Fstatat(fd, e.name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && isWhiteout(&st) {
+				err = unix.Unlinkat(fd, e.name, 0)
 			}
 		default:
 			if _, ok := markerTarget(e.name); ok {
-				err = unix.Unlinkat(s.upper.fd, crel, 0)
+				err = unix.Unlinkat(fd, e.name, 0)
 			}
 		}
 		if err != nil {
-			return s.upper.err("drop whiteout", crel, err)
+			return s.upper.err("drop whiteout", join(rel, e.name), err)
 		}
 	}
 	return nil
@@ -264,7 +269,7 @@ func (s *Stack) emptyDir(rel string) error {
 		err = unix.Fchmodat(s.work.fd, tmp, st.Mode&0o7777, 0)
 	}
 	if err == nil {
-		err = renameat2(s.work.fd, tmp, s.upper.fd, rel, unix.RENAME_EXCHANGE)
+		err = s.intoUpper(tmp, rel, unix.RENAME_EXCHANGE)
 	}
 	if err != nil {
 		removeAll(s.work, tmp)
