@@ -82,6 +82,9 @@ func (b *bench) setupDirStorage() error {
 			return fmt.Errorf("%s exists and holds no benchmark fixture; remove it or pick another -root", base)
 		}
 	}
+	if err := leftovers(base); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(base, 0o755); err != nil {
 		return err
 	}
@@ -120,6 +123,12 @@ func (b *bench) setupLoopStorage() error {
 	}
 	if err := os.MkdirAll(b.lay.fx, 0o755); err != nil {
 		return err
+	}
+	if err := leftovers(base); err != nil {
+		return err
+	}
+	if att, _ := output(b.ctx, "losetup", "-j", img); att != "" {
+		return fmt.Errorf("%s is still attached, so a run was killed: detach it first (losetup -d): %s", img, att)
 	}
 	if _, err := os.Stat(img); err == nil {
 		if err := b.attachImage(img, false); err != nil {
@@ -178,6 +187,18 @@ func (b *bench) detachImage() error {
 	err := b.detachLoop()
 	b.detachLoop, b.loopDev = nil, ""
 	return err
+}
+
+// leftovers refuses to start while a killed run's mounts are still there.
+func leftovers(base string) error {
+	m, err := mountsUnder(base)
+	if err != nil {
+		return err
+	}
+	if len(m) > 0 {
+		return fmt.Errorf("%s is still mounted, so a run was killed: unmount it first (umount %s)", m[len(m)-1], m[len(m)-1])
+	}
+	return nil
 }
 
 func readFile(path string) string {
