@@ -30,6 +30,20 @@ func (s *Stack) Open(o *Object, rel string, flags int) (int, *Object, error) {
 	return fd, o, err
 }
 
+// AccessedDir moves the atime of the merged directory o at rel, when it is
+// in the upper, as listing it through kernel overlayfs would: a listing
+// served from the kernel's cache does not read it. Reading it lets the
+// upper's filesystem apply its own rule (relatime, noatime).
+func (s *Stack) AccessedDir(o *Object, rel string) {
+	fd, err := o.Layer.open(rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return
+	}
+	var b [512]byte
+	_, _ = unix.Getdents(fd, b[:])
+	unix.Close(fd)
+}
+
 // Readlink returns the target of the symlink o at rel.
 func (s *Stack) Readlink(o *Object, rel string) (string, error) {
 	t, err := readlinkat(o.Layer.fd, o.loc(rel))

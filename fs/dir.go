@@ -52,7 +52,16 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHand
 	if _, _, e := n.object(); e != 0 {
 		return nil, 0, e
 	}
-	return &dirHandle{n: n}, 0, 0
+	var fuseFlags uint32
+	if n.keep {
+		if rel, o, e := n.object(); e == 0 && o.Upper() {
+			n.st.AccessedDir(o, rel)
+		}
+		// The kernel keeps the listing until a change through the
+		// mount drops it.
+		fuseFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	}
+	return &dirHandle{n: n}, fuseFlags, 0
 }
 
 // dirHandle is an open directory. It lists the merged directory once, on
@@ -189,7 +198,7 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, e
 	}
-	return ch, newHandle(ch.Operations().(*Node), fd, true), 0, 0
+	return ch, newHandle(ch.Operations().(*Node), fd, true), n.openFlags(), 0
 }
 
 var _ = (fusefs.NodeTmpfiler)((*Node)(nil))
@@ -220,7 +229,7 @@ func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	node := n.newNode(o)
 	node.tmpfd = keep
 	ch := n.NewInode(ctx, node, n.idFor(o))
-	return ch, newHandle(node, fd, true), 0, 0
+	return ch, newHandle(node, fd, true), n.openFlags(), 0
 }
 
 var _ = (fusefs.NodeLinker)((*Node)(nil))

@@ -25,7 +25,18 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if c != o {
 		n.setObject(c)
 	}
-	return newHandle(n, fd, c.Upper()), 0, 0
+	return newHandle(n, fd, c.Upper()), n.openFlags(), 0
+}
+
+// openFlags are the FOPEN_ flags of a file handle: no FLUSH requests (a
+// write has reached the upper before it returns, so close has nothing to
+// report), and, with caching, the page cache kept across opens.
+func (n *Node) openFlags() uint32 {
+	flags := uint32(fuse.FOPEN_NOFLUSH)
+	if n.keep {
+		flags |= fuse.FOPEN_KEEP_CACHE
+	}
+	return flags
 }
 
 // handle is an open file. A handle opened on a lower file moves to the

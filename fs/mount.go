@@ -12,10 +12,28 @@ import (
 	"github.com/unionmount/unionmount/cow"
 )
 
+// Cache is the kernel caching policy of a mount.
+//
+// The daemon is the only writer of the upper and the lowers do not change
+// while mounted, so every change the merged view shows is made through the
+// mount, and the kernel updates or drops its own caches as it makes it
+// (names, attributes, directory listings, page cache). The caches can then
+// live long: only changes made to the layers behind the union's back need a
+// short Timeout, and with zero nothing is cached.
+type Cache struct {
+	// Timeout is how long the kernel keeps names, attributes and failed
+	// lookups without asking again.
+	Timeout time.Duration
+}
+
+// DefaultCache is the caching policy for layers that do not change while
+// mounted.
+var DefaultCache = Cache{Timeout: 24 * time.Hour}
+
 // Mount serves the merged view of st at mountpoint. mo carries the
 // lifecycle options (allow_other, fsname, debug); Mount adds the caching
 // policy and returns once the kernel has the mount.
-func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions) (*fuse.Server, error) {
+func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) (*fuse.Server, error) {
 	root, err := st.Root()
 	if err != nil {
 		return nil, fmt.Errorf("root directory: %w", err)
@@ -29,15 +47,14 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions) (*fuse.Server
 	if slices.Contains(mo.Options, "default_permissions") {
 		mo.EnableAcl = true
 	}
-	timeout := time.Second
 	opts := &fusefs.Options{
 		MountOptions:    mo,
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
+		EntryTimeout:    &cache.Timeout,
+		AttrTimeout:     &cache.Timeout,
+		NegativeTimeout: &cache.Timeout,
 		NullPermissions: true,
 		RootStableAttr:  &fusefs.StableAttr{Mode: unix.S_IFDIR, Ino: root.Ino},
 	}
-	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}}, obj: root, tmpfd: -1}
+	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}}, obj: root, tmpfd: -1, keep: cache.Timeout > 0}
 	return fusefs.Mount(mountpoint, rootNode, opts)
 }

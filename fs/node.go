@@ -35,10 +35,13 @@ type Node struct {
 	// tmpfd is the open descriptor of an O_TMPFILE file until it is
 	// linked into place, else -1.
 	tmpfd int
+	// keep lets the kernel keep file data and directory listings across
+	// opens (see Cache); immutable.
+	keep bool
 }
 
 func (n *Node) newNode(o *cow.Object) *Node {
-	return &Node{st: n.st, reg: n.reg, obj: o, tmpfd: -1}
+	return &Node{st: n.st, reg: n.reg, obj: o, tmpfd: -1, keep: n.keep}
 }
 
 func (n *Node) idFor(o *cow.Object) fusefs.StableAttr {

@@ -55,7 +55,7 @@ func mountStack(o *Options) (*Union, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open layers: %w", err)
 	}
-	server, err := fs.Mount(o.Mountpoint, st, o.fuseOptions())
+	server, err := fs.Mount(o.Mountpoint, st, o.fuseOptions(), o.Cache)
 	if err != nil {
 		_ = st.Close() // the mount error is the one to report
 		return nil, fmt.Errorf("mount %s: %w", o.Mountpoint, err)

@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/unionmount/unionmount/cow"
+	"github.com/unionmount/unionmount/fs"
 )
 
 // MaxLowers is the most lower directories a union may have, 500 as in the
@@ -40,6 +43,8 @@ type Options struct {
 	// UserXattr keeps the union's own xattrs in the user.* namespace
 	// (the kernel's userxattr mode), as needed without root.
 	UserXattr bool
+	// Cache is the kernel caching policy; see fs.Cache.
+	Cache fs.Cache
 	// Debug logs every FUSE request to stderr, or to Log.
 	Debug bool
 	// Log is a file the daemon appends its diagnostics to once detached
@@ -57,6 +62,7 @@ type Options struct {
 func NewOptions() *Options {
 	root := os.Geteuid() == 0
 	return &Options{
+		Cache:              fs.DefaultCache,
 		AllowOther:         root,
 		DefaultPermissions: root,
 		UserXattr:          !root,
@@ -85,6 +91,12 @@ func (o *Options) Parse(args []string, mountOpts []string) error {
 				o.Work = unescape(val)
 			case key == "fsname" && hasVal:
 				o.FsName = val
+			case key == "timeout" && hasVal:
+				secs, err := strconv.ParseFloat(val, 64)
+				if err != nil || secs < 0 || secs > 1e9 {
+					return fmt.Errorf("mount option %q: want a number of seconds", opt)
+				}
+				o.Cache.Timeout = time.Duration(secs * float64(time.Second))
 			case key == "log" && hasVal:
 				o.Log = unescape(val)
 			case hasVal:

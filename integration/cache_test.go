@@ -1,0 +1,161 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestCachesFollowChanges checks that the kernel's long-lived caches (names,
+// attributes, failed lookups, directory listings, file pages) never show
+// an old state: it warms them all, then makes each kind of change through
+// the mount and checks that the very next lookup, stat, readdir and read
+// see it, with the default timeout and with -o timeout=0.
+func TestCachesFollowChanges(t *testing.T) {
+	for _, opt := range []string{"", "timeout=0"} {
+		t.Run("opts="+opt, func(t *testing.T) { testCachesFollowChanges(t, opt) })
+	}
+}
+
+func testCachesFollowChanges(t *testing.T, opt string) {
+	lowers, upper, mnt := semStack(t, 1)
+	l := lowers[0]
+	semWrite(t, filepath.Join(l, "f"), "lower f\n", 0o644)
+	semWrite(t, filepath.Join(l, "g"), "lower g\n", 0o644)
+	semWrite(t, filepath.Join(l, "h"), "lower h\n", 0o644)
+	semWrite(t, filepath.Join(l, "d", "in"), "in d\n", 0o644)
+	semWrite(t, filepath.Join(l, "e", "old"), "old\n", 0o644)
+	args := []string{l, upper, mnt}
+	if opt != "" {
+		args = append([]string{"-o", opt}, args...)
+	}
+	mountUnion(t, args...)
+	m := func(p string) string { return filepath.Join(mnt, p) }
+
+	warm := func() {
+		filepath.Walk(mnt, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				os.ReadFile(p)
+			}
+			return nil
+		})
+		for _, p := range []string{"new", "gone", "d/new", "e/new"} {
+			os.Lstat(m(p)) // negative entries
+		}
+	}
+	list := func(dir string) string {
+		ents, err := os.ReadDir(m(dir))
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		sort.Strings(names)
+		return strings.Join(names, " ")
+	}
+	want := func(what, got, want string) {
+		t.Helper()
+		if got != want {
+			t.Errorf("%s: got %q, want %q", what, got, want)
+		}
+	}
+	read := func(p string) string {
+		b, err := os.ReadFile(m(p))
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		return string(b)
+	}
+	mode := func(p string) string {
+		fi, err := os.Lstat(m(p))
+		if err != nil {
+			return "error"
+		}
+		return fi.Mode().String()
+	}
+
+	warm()
+	// Create over a cached negative entry, in a cached listing.
+	if err := os.WriteFile(m("new"), []byte("new\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want("read new", read("new"), "new\n")
+	want("list /", list(""), "d e f g h new")
+	// Write into a lower file (copy-up) whose pages are cached.
+	fh, err := os.OpenFile(m("f"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteAt([]byte("UPPER"), 0)
+	fh.Close()
+	want("read f", read("f"), "UPPER f\n")
+	// Truncate, chmod, unlink (whiteout), rename.
+	if err := os.Truncate(m("g"), 2); err != nil {
+		t.Fatal(err)
+	}
+	want("read g", read("g"), "lo")
+	if err := os.Chmod(m("h"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want("mode h", mode("h"), "-rw-------")
+	if err := os.Remove(m("new")); err != nil {
+		t.Fatal(err)
+	}
+	want("stat removed", mode("new"), "error")
+	if err := os.Rename(m("h"), m("gone")); err != nil {
+		t.Fatal(err)
+	}
+	want("list / after rename", list(""), "d e f g gone")
+	want("read renamed", read("gone"), "lower h\n")
+	// A directory removed and made again is empty; a lower directory
+	// renamed keeps its contents under the new name only.
+	if err := os.RemoveAll(m("d")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(m("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	want("list d", list("d"), "")
+	want("stat d/in", mode("d/in"), "error")
+	if err := os.Rename(m("e"), m("e2")); err != nil {
+		t.Fatal(err)
+	}
+	want("list e2", list("e2"), "old")
+	want("stat e", mode("e"), "error")
+	// A hard link and an xattr.
+	if err := os.Link(m("f"), m("f2")); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(m("f"), &st); err != nil || st.Nlink != 2 {
+		t.Errorf("nlink of f after link: %d, %v", st.Nlink, err)
+	}
+	if err := unix.Lsetxattr(m("g"), "user.k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	n, err := unix.Lgetxattr(m("g"), "user.k", buf)
+	want("xattr", string(buf[:max(n, 0)]), "v")
+	if err != nil {
+		t.Error(err)
+	}
+
+	// After a remount, everything reads the same: the caches held nothing
+	// the upper does not.
+	before := map[string]string{}
+	for _, p := range []string{"f", "f2", "g", "gone", "e2/old"} {
+		before[p] = read(p)
+	}
+	unmount(t, mnt)
+	mountUnion(t, args...)
+	for p, v := range before {
+		want("after remount "+p, read(p), v)
+	}
+	want("list / after remount", list(""), "d e2 f f2 g gone")
+}
