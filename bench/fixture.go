@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -100,13 +101,17 @@ func (b *bench) setupLoopStorage() error {
 		return err
 	}
 	b.lay = newLayout(base, filepath.Join(base, "mnt"))
-	if _, err := os.Stat(base); errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(base, 0o755); err != nil {
-			return err
-		}
-		if !b.cfg.keep {
-			b.cl.push("remove "+base, func() error { return os.Remove(base) })
-		}
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return err
+	}
+	if !b.cfg.keep {
+		// Last: base goes once empty, also when a -keep run made it.
+		b.cl.push("remove "+base, func() error {
+			if err := os.Remove(base); err != nil && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			return nil
+		})
 	}
 	img := filepath.Join(base, "ext4.img")
 	if !b.cfg.keep {
