@@ -1,6 +1,9 @@
 package integration
 
 import (
+	"flag"
+	"testing"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -185,4 +188,68 @@ var hardlinkCorpus = []scenario{
 	{"rename-hardlinked-lower", []op{opRename("hl1", "hl2", 0), opStat("hl1"), opStat("hl2"), opRename("hl2", "hlx", 0), opRead("hlx")}},
 	{"stale-read-hardlinked", []op{{kind: "staleread", path: "hl2", off: 6, data: "PT"}, opRead("hl1")}},
 	{"truncate-hardlinked", []op{opTruncWrite("hl1", "new"), opRead("hl2"), opUnlink("hl2"), opStat("hl1")}},
+}
+
+var diffFound = flag.Bool("diff.found", false, "run TestDiffFound: reproductions of known, unfixed differences from the kernel")
+
+// foundCorpus is reproductions of differences from kernel overlayfs that
+// TestDiffRandom found and that are not fixed yet. They fail until they
+// are, so TestDiffFound runs them only with -diff.found; move a scenario to
+// corpus once it passes. Each runs like a TestDiffRandom sequence: a
+// directory rename the kernel refuses with EXDEV is done in userspace on
+// the kernel side (cp -a and rm -rf, as mv does), and merged trees are
+// compared every `every` ops (0: only at the end; a comparison reads every
+// file and directory, which moves atimes).
+var foundCorpus = []struct {
+	name  string
+	every int
+	ops   []op
+}{
+	// Renaming a directory with lower layers (unionmount's extension)
+	// leaves the current time as the mtime of each directory of the
+	// moved tree that was already in the upper with whiteouts in it:
+	// removing the whiteouts once the tree is copied up moves the mtime,
+	// and nothing puts it back. cp -a (and the kernel with
+	// redirect_dir=on) keep it. Found by -diff.seed=5 and 109.
+	{"dir-rename-whiteouts-keep-mtime", 0, []op{
+		opUnlink("d/sub/s1"), opUtimes("d/sub", utExplicit, 440), opUnlink("d/f"), opUtimes("d", utExplicit, 441),
+		opRename("d", "d2", 0), opStat("d2/sub"),
+	}},
+	// Renaming a directory with lower layers sets the atime of every
+	// directory of the moved tree to now: copying the tree up lists each
+	// directory in the upper, without O_NOATIME. cp -a keeps the atimes
+	// (so does the kernel with redirect_dir=on). Found by -diff.seed=192.
+	{"dir-rename-keeps-atime", 0, []op{
+		opRename("mdir", "mdir2", 0), opUtimes("mdir2", utOmitAtime, 5),
+	}},
+	// rmdir of a directory in the upper that is not empty (ENOTEMPTY)
+	// moves its atime: the daemon lists the upper directory to check it,
+	// without O_NOATIME. The kernel's check (ovl_check_empty_dir) reads
+	// with O_NOATIME and leaves the atime alone. Found by -diff.seed=157
+	// and 195.
+	{"rmdir-notempty-keeps-atime", 0, []op{
+		opChmod("full/keep", 0600), opRmdir("full"), opUtimes("full", utOmitAtime, 5),
+	}},
+	// Reading an empty upper file does not move its atime: the FUSE
+	// module answers a read at or past the size it knows without asking
+	// the daemon, so the upper file is never read. A read through the
+	// kernel moves it (relatime: atime <= mtime). Found by -diff.seed=11
+	// and 140.
+	{"read-empty-file-atime", 0, []op{
+		opChmod("empty.txt", 0644), opRead("empty.txt"), opUtimes("empty.txt", utOmitAtime, 5),
+	}},
+}
+
+// TestDiffFound runs foundCorpus (only with -diff.found).
+func TestDiffFound(t *testing.T) {
+	if !*diffFound {
+		t.Skip("reproductions of unfixed differences; run with -diff.found")
+	}
+	for _, sc := range foundCorpus {
+		t.Run(sc.name, func(t *testing.T) {
+			if fail := runSequence(t, sc.ops, sc.every); fail != "" {
+				t.Errorf("%s\nops:\n%s", fail, opsString(sc.ops))
+			}
+		})
+	}
 }
