@@ -493,6 +493,9 @@ func (b *bench) header(skipped []string) string {
 			if mod, err := moduleRoot(); err == nil {
 				desc, _ := output(b.ctx, "git", "-C", mod, "describe", "--always", "--dirty")
 				v = "unionmount " + cmpOrStr(desc, "(no git)")
+				if strings.HasSuffix(desc, "-dirty") {
+					v += " (built from a working tree with uncommitted changes)"
+				}
 			}
 		}
 		vers = append(vers, v)
