@@ -62,11 +62,24 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 		return errno(err)
 	}
 	n.setObject(c)
+	if a.Mode != nil || a.UID != nil || a.GID != nil {
+		n.noPrivs.Store(false)
+	}
+	if a.Size != nil && c.Mode&syscall.S_IFMT == syscall.S_IFREG {
+		if fd, _, err := n.st.Open(c, rel, syscall.O_WRONLY); err == nil {
+			err = n.killPriv(ctx, fd)
+			unix.Close(fd)
+			if err != nil {
+				return errno(err)
+			}
+		}
+	}
 	st, err := n.st.Stat(c, rel)
 	if err != nil {
 		return errno(err)
 	}
 	fillAttr(&out.Attr, &st)
+	out.SetTimeout(n.ttl)
 	return 0
 }
 
@@ -149,6 +162,7 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 		return errno(err)
 	}
 	n.setObject(c)
+	n.noPrivs.Store(false)
 	return 0
 }
 

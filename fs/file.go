@@ -22,6 +22,12 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if err != nil {
 		return nil, 0, errno(err)
 	}
+	if flags&syscall.O_TRUNC != 0 {
+		if err := n.killPriv(ctx, fd); err != nil {
+			unix.Close(fd)
+			return nil, 0, errno(err)
+		}
+	}
 	if c != o {
 		n.setObject(c)
 	}
@@ -90,7 +96,11 @@ var _ = (fusefs.FileWriter)((*handle)(nil))
 
 // Write implements fusefs.FileWriter.
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	n, err := unix.Pwrite(h.current(), data, off)
+	fd := h.current()
+	if err := h.n.killPriv(ctx, fd); err != nil {
+		return 0, errno(err)
+	}
+	n, err := unix.Pwrite(fd, data, off)
 	if err != nil {
 		return 0, errno(err)
 	}

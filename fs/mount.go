@@ -47,6 +47,8 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	if slices.Contains(mo.Options, "default_permissions") {
 		mo.EnableAcl = true
 	}
+	// The daemon removes privileges on write itself (see killpriv.go).
+	mo.ExtraCapabilities |= fuse.CAP_HANDLE_KILLPRIV_V2
 	opts := &fusefs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &cache.Timeout,
@@ -55,6 +57,6 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 		NullPermissions: true,
 		RootStableAttr:  &fusefs.StableAttr{Mode: unix.S_IFDIR, Ino: root.Ino},
 	}
-	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}}, obj: root, tmpfd: -1, keep: cache.Timeout > 0}
+	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}}, obj: root, tmpfd: -1, ttl: cache.Timeout, keep: cache.Timeout > 0}
 	return fusefs.Mount(mountpoint, rootNode, opts)
 }

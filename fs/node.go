@@ -3,7 +3,9 @@ package fs
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -35,13 +37,19 @@ type Node struct {
 	// tmpfd is the open descriptor of an O_TMPFILE file until it is
 	// linked into place, else -1.
 	tmpfd int
-	// keep lets the kernel keep file data and directory listings across
-	// opens (see Cache); immutable.
+	// ttl is how long the kernel may keep attributes, and keep lets it
+	// keep file data and directory listings across opens (see Cache);
+	// both immutable.
+	ttl  time.Duration
 	keep bool
+	// noPrivs is set once the file was seen without setuid, setgid or
+	// security.capability, and cleared when its attributes change; see
+	// killPriv.
+	noPrivs atomic.Bool
 }
 
 func (n *Node) newNode(o *cow.Object) *Node {
-	return &Node{st: n.st, reg: n.reg, obj: o, tmpfd: -1, keep: n.keep}
+	return &Node{st: n.st, reg: n.reg, obj: o, tmpfd: -1, ttl: n.ttl, keep: n.keep}
 }
 
 func (n *Node) idFor(o *cow.Object) fusefs.StableAttr {

@@ -1,0 +1,79 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestWriteRemovesPrivileges checks that writing, truncating and opening
+// with O_TRUNC remove setuid, setgid and security.capability exactly as on
+// ext4 (the oracle), for root and for an unprivileged writer: the daemon
+// does this itself, since it tells the kernel it will (HANDLE_KILLPRIV_V2).
+func TestWriteRemovesPrivileges(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv not installed")
+	}
+	lowers, upper, mnt := semStack(t, 1)
+	native := t.TempDir()
+	for _, d := range []string{filepath.Dir(lowers[0]), native, filepath.Dir(native)} {
+		os.Chmod(d, 0o755)
+	}
+	// A file capability, in its on-disk form (VFS_CAP_REVISION_2,
+	// effective, cap_net_raw permitted).
+	capv := []byte{0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	modes := []uint32{0o4777, 0o2777, 0o2767, 0o6777, 0o0777}
+	ways := map[string][]string{
+		"write":    {"sh", "-c", `echo x >> "$0"`},
+		"truncate": {"truncate", "-s", "1"},
+		"otrunc":   {"sh", "-c", `: > "$0"`},
+	}
+	type key struct{ who, way, name string }
+	files := map[key]string{}
+	for _, root := range []string{lowers[0], native} {
+		for _, who := range []string{"root", "nobody"} {
+			for way := range ways {
+				for _, m := range modes {
+					name := fmt.Sprintf("%s-%s-%o", who, way, m)
+					p := filepath.Join(root, name)
+					semWrite(t, p, "data\n", 0o777)
+					if err := unix.Setxattr(p, "security.capability", capv, 0); err != nil {
+						t.Skipf("cannot set file capabilities here: %v", err)
+					}
+					if err := unix.Chmod(p, m); err != nil {
+						t.Fatal(err)
+					}
+					files[key{who, way, name}] = name
+				}
+			}
+		}
+	}
+	semMount(t, lowers, upper, mnt)
+	state := func(p string) string {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err.Error()
+		}
+		_, err := unix.Getxattr(p, "security.capability", nil)
+		return fmt.Sprintf("mode %o cap %v", st.Mode&0o7777, err == nil)
+	}
+	for k, name := range files {
+		for _, root := range []string{native, mnt} {
+			args := append(append([]string(nil), ways[k.way]...), filepath.Join(root, name))
+			if k.who == "nobody" {
+				args = append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"}, args...)
+			}
+			if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%s as %s: %v: %s", args, k.who, err, out)
+			}
+		}
+		if got, want := state(filepath.Join(mnt, name)), state(filepath.Join(native, name)); got != want {
+			t.Errorf("%s: through the mount %s, on ext4 %s", name, got, want)
+		}
+	}
+}
