@@ -19,10 +19,16 @@ type DirEntry struct {
 // top-down, without duplicates, whiteouts or markers, and nothing from
 // below an opaque directory.
 func (s *Stack) Readdir(dir *Object, rel string) ([]DirEntry, error) {
+	return s.readdir(dir, rel, 0)
+}
+
+// readdir is Readdir; the union's own listings (an emptiness check, a
+// copy-up) pass O_NOATIME, as a user's listing does not.
+func (s *Stack) readdir(dir *Object, rel string, flags int) ([]DirEntry, error) {
 	var out []DirEntry
 	seen := map[string]bool{}
 	for _, l := range s.searchLayers(dir) {
-		ents, err := readDirents(l, rel)
+		ents, err := readDirents(l, rel, flags)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			continue // no upper directory yet
 		}
@@ -71,7 +77,7 @@ func (s *Stack) Readdir(dir *Object, rel string) ([]DirEntry, error) {
 
 // IsEmpty reports whether the merged directory dir at rel has no entries.
 func (s *Stack) IsEmpty(dir *Object, rel string) (bool, error) {
-	ents, err := s.Readdir(dir, rel)
+	ents, err := s.readdir(dir, rel, unix.O_NOATIME)
 	return len(ents) == 0, err
 }
 
@@ -93,8 +99,8 @@ var dtToMode = [...]uint32{
 }
 
 // readDirents reads the directory at rel in l, without "." and "..".
-func readDirents(l *Layer, rel string) ([]dirent, error) {
-	fd, err := l.open(rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+func readDirents(l *Layer, rel string, flags int) ([]dirent, error) {
+	fd, err := l.open(rel, unix.O_RDONLY|unix.O_DIRECTORY|flags, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +148,7 @@ func direntsOf(fd int) ([]dirent, error) {
 }
 
 func readNames(l *Layer, rel string) ([]string, error) {
-	ents, err := readDirents(l, rel)
+	ents, err := readDirents(l, rel, unix.O_NOATIME)
 	names := make([]string, len(ents))
 	for i, e := range ents {
 		names[i] = e.name

@@ -188,7 +188,7 @@ func (s *Stack) CopyUpTree(o *Object, rel string) (*Object, error) {
 	if err != nil {
 		return nil, err
 	}
-	ents, err := s.Readdir(c, rel)
+	ents, err := s.readdir(c, rel, unix.O_NOATIME)
 	if err != nil {
 		return nil, err
 	}
@@ -216,11 +216,17 @@ func (s *Stack) CopyUpTree(o *Object, rel string) (*Object, error) {
 //
 // Preconditions: s.ns is held.
 func (s *Stack) dropWhiteouts(rel string) error {
-	fd, err := s.upper.open(rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	fd, err := s.upper.open(rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
+	var dst unix.Stat_t
+	if err := unix.Fstat(fd, &dst); err != nil {
+		return err
+	}
+	// Removing entries moves the directory's times; the rename must not.
+	defer unix.UtimesNanoAt(fd, ".", []unix.Timespec{dst.Atim, dst.Mtim}, 0)
 	ents, err := direntsOf(fd)
 	if err != nil {
 		return s.upper.err("readdir", rel, err)
