@@ -10,7 +10,28 @@
 // read/write/fsync/fallocate/lseek/copy_file_range, mkdir/mknod/symlink/
 // link, unlink/rmdir, rename (RENAME_NOREPLACE, RENAME_EXCHANGE), xattrs,
 // statfs, and directory handles with stable offsets. Locks are the
-// kernel's own (no lock requests). FUSE passthrough is never used: go-fuse
-// binds one backing file per inode, so a lower file opened read-only and
-// then for writing would send the writes into the lower layer.
+// kernel's own (no lock requests).
+//
+// # Kernel caching
+//
+// The daemon is the only writer of the upper and the lowers do not change
+// while mounted, so every change the merged view shows is made through the
+// mount, and the kernel updates its own caches as it makes it. Names,
+// attributes and failed lookups are cached for Cache.Timeout, directory
+// listings (FOPEN_CACHE_DIR) and file pages (FOPEN_KEEP_CACHE) across
+// opens; closes send no FLUSH. The daemon removes privileges on write
+// itself (HANDLE_KILLPRIV_V2, killpriv.go). Where the daemon changes what
+// the kernel cannot see (a directory rename copying up a tree, an unlink
+// that re-indexes a hard link), it marks its own nodes stale; the merged
+// view the kernel caches does not change there.
+//
+// # Passthrough
+//
+// FUSE passthrough is never used. go-fuse binds one backing file per inode,
+// so a lower file opened read-only and then for writing would send the
+// writes into the lower layer. The kernel also refuses to mix passthrough
+// and cached opens of one inode. Passthrough for files already in the upper
+// is safe only while no cached open of the inode exists, and a live commit
+// (which turns the upper into a lower) must then not rename files that are
+// open for writing through passthrough.
 package fs
