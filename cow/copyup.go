@@ -36,7 +36,7 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 	defer unlock()
 	// Raced with another copy-up?
 	if st, err := s.upper.lstat(rel); err == nil && !isWhiteout(&st) {
-		return s.upperObject(o, rel, &st), nil
+		return s.upperObject(o), nil
 	}
 	src, err := o.Layer.lstat(rel)
 	if err != nil {
@@ -62,7 +62,7 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 	if err := s.placeCopy(tmp, rel); err != nil {
 		return nil, err
 	}
-	c := s.upperObject(o, rel, &src)
+	c := s.upperObject(o)
 	if multi {
 		c.Layer, c.indexName = s.index, indexName(o.Ino)
 	}
@@ -70,7 +70,7 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 }
 
 // upperObject returns o as it is once copied up.
-func (s *Stack) upperObject(o *Object, rel string, st *unix.Stat_t) *Object {
+func (s *Stack) upperObject(o *Object) *Object {
 	c := *o
 	c.Layer = s.upper
 	if !o.IsDir() {
