@@ -132,9 +132,9 @@ func (s *Stack) Getxattr(o *Object, rel, name string) ([]byte, error) {
 		return nil, unix.ENODATA
 	}
 	var v []byte
-	err := o.Layer.withPath(o.loc(rel), func(p string) error {
+	err := o.Layer.readXattrs(o.loc(rel), func(p string, follow bool) error {
 		var err error
-		v, err = getxattrPath(p, disk)
+		v, err = getxattrAt(p, disk, follow)
 		return err
 	})
 	return v, err
@@ -143,8 +143,8 @@ func (s *Stack) Getxattr(o *Object, rel, name string) ([]byte, error) {
 // Listxattr lists the xattrs of o at rel, except the union's own.
 func (s *Stack) Listxattr(o *Object, rel string) ([]string, error) {
 	var names []string
-	err := o.Layer.withPath(o.loc(rel), func(p string) error {
-		all, err := listxattrPath(p)
+	err := o.Layer.readXattrs(o.loc(rel), func(p string, follow bool) error {
+		all, err := listxattrAt(p, follow)
 		for _, n := range all {
 			if u, ok := s.userXattr(n); ok {
 				names = append(names, u)

@@ -100,3 +100,27 @@ func TestTmpfileOverWhiteout(t *testing.T) {
 	_, err = ts.LinkTmpfile(fd, o, root, "", "f")
 	wantErrno(t, err, unix.EEXIST)
 }
+
+// TestXattrsOnRoot reads xattrs of the merged root, which is each layer's
+// own root directory, and of an object below it.
+func TestXattrsOnRoot(t *testing.T) {
+	ts := newTestStack(t, []entry{file("f", "x").withXattr("user.f", "1")}, []entry{file("g", "y")})
+	if err := unix.Setxattr(ts.upper, "user.root", []byte("r"), 0); err != nil {
+		t.Skipf("no user xattrs here: %v", err)
+	}
+	root := ts.mustLookup(t, "")
+	for _, c := range []struct{ rel, name, want string }{{"", "user.root", "r"}, {"f", "user.f", "1"}} {
+		o := root
+		if c.rel != "" {
+			o = ts.mustLookup(t, c.rel)
+		}
+		v, err := ts.Getxattr(o, c.rel, c.name)
+		if err != nil || string(v) != c.want {
+			t.Errorf("getxattr %q %s: %q, %v; want %q", c.rel, c.name, v, err, c.want)
+		}
+		names, err := ts.Listxattr(o, c.rel)
+		if err != nil || !slices.Contains(names, c.name) {
+			t.Errorf("listxattr %q: %v, %v; want %s in it", c.rel, names, err, c.name)
+		}
+	}
+}

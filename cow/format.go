@@ -132,8 +132,8 @@ func mkWhiteout(dirfd int, name string) error {
 // isOpaque reports whether the directory at rel in layer l is opaque.
 func (l *Layer) isOpaque(rel string) (bool, error) {
 	opaque := false
-	err := l.withPath(rel, func(p string) error {
-		names, err := listxattrPath(p)
+	err := l.readXattrs(rel, func(p string, follow bool) error {
+		names, err := listxattrAt(p, follow)
 		if err != nil {
 			if ignorableXattrErr(err) {
 				return nil
@@ -144,7 +144,7 @@ func (l *Layer) isOpaque(rel string) (bool, error) {
 			if !slices.Contains(readOpaqueXattrs, n) {
 				continue
 			}
-			v, err := getxattrPath(p, n)
+			v, err := getxattrAt(p, n, follow)
 			if err == nil && string(v) == "y" {
 				opaque = true
 				return nil

@@ -68,12 +68,12 @@ func (s *Stack) newEntry(dir *Object, dirRel, name string, isDir bool,
 func (s *Stack) Create(dir *Object, dirRel, name string, flags int, mode uint32, who Owner) (int, *Object, error) {
 	flags = flags&^(unix.O_TRUNC|unix.O_EXCL) | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC | unix.O_NOFOLLOW
 	fd := -1
-	err := s.newEntry(dir, dirRel, name, false, func(d int, n string, _ bool) error {
+	err := s.newEntry(dir, dirRel, name, false, func(d int, n string, over bool) error {
 		var err error
 		if fd, err = unix.Openat(d, n, flags, mode); err != nil {
 			return s.upper.err("create", join(dirRel, name), err)
 		}
-		if err := s.chownNew(d, n, dirRel, who); err != nil {
+		if err := s.chownNew(d, n, dirRel, who, false, over); err != nil {
 			unix.Close(fd)
 			unix.Unlinkat(d, n, 0)
 			return err
@@ -91,27 +91,45 @@ func (s *Stack) Create(dir *Object, dirRel, name string, flags int, mode uint32,
 	return fd, o, nil
 }
 
-// newObject returns the object just created at rel in the upper.
+// newObject returns the object just created at rel in the upper; being
+// new, it carries no inode number from a lower.
 func (s *Stack) newObject(rel string) (*Object, error) {
 	st, err := s.upper.lstat(rel)
 	if err != nil {
 		return nil, err
 	}
-	return &Object{Layer: s.upper, Mode: st.Mode, Ino: s.ino(s.upper, rel, &st)}, nil
+	return &Object{Layer: s.upper, Mode: st.Mode, Ino: st.Ino | s.upper.inoHigh}, nil
 }
 
-// chownNew gives a new object the caller as owner; its group is the parent
-// directory's when that has the setgid bit, as the kernel does.
-func (s *Stack) chownNew(dirfd int, name, dirRel string, who Owner) error {
+// chownNew gives a new object the caller as owner. As the kernel does, a
+// setgid parent directory gives it its group, and a new directory its
+// setgid bit too; the filesystem does that by itself for an object made in
+// place, not for one built in the work directory (moved).
+func (s *Stack) chownNew(dirfd int, name, dirRel string, who Owner, isDir, moved bool) error {
 	if !s.root {
 		return nil
 	}
-	gid := int(who.GID)
-	if pst, err := s.upper.lstat(dirRel); err == nil && pst.Mode&unix.S_ISGID != 0 {
-		gid = -1
+	pst, err := s.upper.lstat(dirRel)
+	if err != nil {
+		return err
 	}
-	if err := unix.Fchownat(dirfd, name, int(who.UID), gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	setgid := pst.Mode&unix.S_ISGID != 0
+	uid, gid := int(who.UID), int(who.GID)
+	if setgid {
+		gid = int(pst.Gid)
+	}
+	if !moved && uid == 0 && (gid == 0 || setgid) {
+		return nil // the daemon's already, group and all
+	}
+	if err := unix.Fchownat(dirfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("chown new %s: %w", name, err)
+	}
+	if moved && isDir && setgid {
+		var st unix.Stat_t
+		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+		return unix.Fchmodat(dirfd, name, st.Mode&0o7777|unix.S_ISGID, 0)
 	}
 	return nil
 }
@@ -128,7 +146,7 @@ func (s *Stack) Make(dir *Object, dirRel, name string, n NewObject, who Owner) (
 		if err := s.makeAt(d, nm, n); err != nil {
 			return s.upper.err("create", join(dirRel, name), err)
 		}
-		err := s.chownNew(d, nm, dirRel, who)
+		err := s.chownNew(d, nm, dirRel, who, isDir, over)
 		// A directory that replaces a whiteout is opaque, or the
 		// lower's contents would show through it; elsewhere nothing
 		// below has the name, and the kernel (6.18) sets no marker.

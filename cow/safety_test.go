@@ -79,3 +79,43 @@ func TestChangesStayInsideTheLayer(t *testing.T) {
 	os.Remove(ua)
 	os.Rename(ua+".moved", ua)
 }
+
+// TestCreateInSetgidDir checks that a new object gets a setgid parent's
+// group, and a new directory its setgid bit, as the filesystem gives them,
+// also when the object replaces a whiteout and so is built in the work
+// directory and moved in.
+func TestCreateInSetgidDir(t *testing.T) {
+	requireRoot(t)
+	ts := newTestStack(t,
+		[]entry{dir("g"), whiteout("g/wf"), whiteout("g/wd")},
+		[]entry{dir("g"), file("g/wf", "lower"), dir("g/wd")})
+	g := filepath.Join(ts.upper, "g")
+	if err := os.Chown(g, 0, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(g, 0o2775); err != nil {
+		t.Fatal(err)
+	}
+	dir := ts.mustLookup(t, "g")
+	for _, name := range []string{"nf", "wf"} {
+		fd, _, err := ts.Create(dir, "g", name, unix.O_WRONLY, 0o644, Owner{UID: 0, GID: 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+	}
+	for _, name := range []string{"nd", "wd"} {
+		if _, err := ts.Make(dir, "g", name, NewObject{Mode: unix.S_IFDIR | 0o755}, Owner{UID: 0, GID: 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"nf", "wf", "nd", "wd"} {
+		st := lstat(t, filepath.Join(g, name))
+		if st.Gid != 1000 {
+			t.Errorf("%s: group %d, want the setgid parent's 1000", name, st.Gid)
+		}
+		if isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR; isDir && st.Mode&unix.S_ISGID == 0 {
+			t.Errorf("%s: directory without the setgid bit of its parent", name)
+		}
+	}
+}
