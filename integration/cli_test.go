@@ -120,39 +120,7 @@ func cliExitCode(err error) int {
 
 // daemonPIDs lists the running unionmount processes whose command line
 // names mnt.
-func daemonPIDs(t *testing.T, mnt string) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if err != nil || exe != binary {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if strings.Contains(string(stat), ") Z ") {
-			continue // exited, not yet reaped
-		}
-		for _, arg := range strings.Split(string(cmdline), "\x00") {
-			if strings.Contains(arg, mnt) {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	return pids
-}
+func daemonPIDs(t *testing.T, mnt string) []int { return daemons(t, binary, mnt) }
 
 // waitNoDaemon fails the test unless the daemon serving mnt exits within
 // ten seconds.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -171,4 +172,43 @@ func startForeground(t testing.TB, args ...string) *exec.Cmd {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return cmd
+}
+
+// daemons lists the live processes (not zombies) running exe with mnt in
+// their arguments.
+func daemons(t testing.TB, exe, mnt string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		proc := filepath.Join("/proc", e.Name())
+		if target, err := os.Readlink(filepath.Join(proc, "exe")); err != nil || target != exe {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join(proc, "stat"))
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && bytes.HasPrefix(stat[i+1:], []byte(" Z")) {
+			continue // exited, not yet reaped
+		}
+		cmdline, err := os.ReadFile(filepath.Join(proc, "cmdline"))
+		if err != nil {
+			continue
+		}
+		for _, arg := range strings.Split(string(cmdline), "\x00") {
+			if strings.Contains(arg, mnt) {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
 }

@@ -37,49 +37,6 @@ func rootlessRun(name string, args ...string) (string, error) {
 	return out.String(), err
 }
 
-// rootlessDaemons lists the live processes running exe with mnt among
-// their arguments.
-func rootlessDaemons(t *testing.T, exe, mnt string) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		proc := filepath.Join("/proc", e.Name())
-		if target, err := os.Readlink(filepath.Join(proc, "exe")); err != nil || target != exe {
-			continue
-		}
-		if stat, err := os.ReadFile(filepath.Join(proc, "stat")); err != nil || rootlessZombie(stat) {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join(proc, "cmdline"))
-		if err != nil {
-			continue
-		}
-		for _, arg := range strings.Split(string(cmdline), "\x00") {
-			if arg == mnt {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	return pids
-}
-
-// rootlessZombie reports whether /proc/PID/stat describes a process that
-// has exited and waits to be reaped.
-func rootlessZombie(stat []byte) bool {
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && strings.HasPrefix(s[i+1:], " Z")
-}
-
 // rootlessUIDOf returns the real uid of process pid.
 func rootlessUIDOf(t *testing.T, pid int) int {
 	t.Helper()
@@ -106,7 +63,7 @@ func rootlessWaitGone(t *testing.T, exe, mnt string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		pids := rootlessDaemons(t, exe, mnt)
+		pids := daemons(t, exe, mnt)
 		if len(pids) == 0 {
 			return
 		}
@@ -145,7 +102,7 @@ func rootlessMount(t *testing.T, exe, lower, upper, merged string) int {
 	if !isMounted(merged) {
 		t.Fatalf("unionmount returned but %s is not mounted\n%s", merged, out)
 	}
-	pids := rootlessDaemons(t, exe, merged)
+	pids := daemons(t, exe, merged)
 	if len(pids) != 1 {
 		t.Fatalf("daemons for %s: %v, want exactly one", merged, pids)
 	}
