@@ -125,33 +125,6 @@ func semDirents(t *testing.T, dir string) map[string]uint64 {
 	}
 }
 
-// semXattrNames lists the xattr names of p, not following symlinks.
-func semXattrNames(p string) ([]string, error) {
-	buf := make([]byte, 64<<10)
-	n, err := unix.Llistxattr(p, buf)
-	if err != nil {
-		return nil, err
-	}
-	var names []string
-	for _, s := range strings.Split(string(buf[:n]), "\x00") {
-		if s != "" {
-			names = append(names, s)
-		}
-	}
-	sort.Strings(names)
-	return names, nil
-}
-
-// semGetxattr returns the value of xattr name of p.
-func semGetxattr(p, name string) (string, error) {
-	buf := make([]byte, 64<<10)
-	n, err := unix.Lgetxattr(p, name, buf)
-	if err != nil {
-		return "", err
-	}
-	return string(buf[:n]), nil
-}
-
 // TestLowerNeverWrittenThroughROFd opens a lower file read-only, keeps it
 // open, and then writes through a read-write open. The write must copy the
 // file up and land in the upper only (with FUSE passthrough, a backing fd
@@ -607,20 +580,20 @@ func TestPrivateXattrsHidden(t *testing.T) {
 	if err := unix.Lsetxattr(filepath.Join(mnt, "file"), "user.mine", []byte("1"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := semGetxattr(filepath.Join(upper, "d"), "trusted.overlay.opaque"); v != "y" {
+	if v, _ := getXattr(filepath.Join(upper, "d"), "trusted.overlay.opaque"); v != "y" {
 		t.Errorf("upper d has trusted.overlay.opaque=%q, want y", v)
 	}
 
 	for _, name := range []string{"d", "file"} {
 		m, u := filepath.Join(mnt, name), filepath.Join(upper, name)
-		upperNames, err := semXattrNames(u)
+		upperNames, err := listXattr(u)
 		if err != nil {
 			t.Fatal(err)
 		}
 		upperVals := map[string]string{}
 		var private []string
 		for _, x := range upperNames {
-			upperVals[x], _ = semGetxattr(u, x)
+			upperVals[x], _ = getXattr(u, x)
 			if semPrivate(x) {
 				private = append(private, x)
 			}
@@ -629,7 +602,7 @@ func TestPrivateXattrsHidden(t *testing.T) {
 		if name == "file" && len(private) == 0 {
 			t.Errorf("upper file has no trusted.overlay.unionmount.ino; a copy-up must record its inode number")
 		}
-		names, err := semXattrNames(m)
+		names, err := listXattr(m)
 		if err != nil {
 			t.Errorf("listxattr %s: %v", name, err)
 		}
@@ -648,7 +621,7 @@ func TestPrivateXattrsHidden(t *testing.T) {
 		probe := append([]string{"trusted.overlay.opaque", "trusted.overlay.origin",
 			"trusted.overlay.unionmount.ino"}, private...)
 		for _, x := range probe {
-			v, err := semGetxattr(m, x)
+			v, err := getXattr(m, x)
 			if err == nil {
 				t.Errorf("getxattr %s %s = %q, want an error", name, x, v)
 			} else {
@@ -658,10 +631,10 @@ func TestPrivateXattrsHidden(t *testing.T) {
 				t.Errorf("setxattr %s %s: %v, want it stored escaped", name, x, err)
 				continue
 			}
-			if v, err := semGetxattr(m, x); err != nil || v != "n" {
+			if v, err := getXattr(m, x); err != nil || v != "n" {
 				t.Errorf("getxattr %s %s after setting it = %q, %v; want n", name, x, v, err)
 			}
-			if v, _ := semGetxattr(u, x); v != upperVals[x] {
+			if v, _ := getXattr(u, x); v != upperVals[x] {
 				t.Errorf("setxattr %s %s through the mount changed the upper's own to %q", name, x, v)
 			}
 			if err := unix.Lremovexattr(m, x); err != nil {
@@ -675,7 +648,7 @@ func TestPrivateXattrsHidden(t *testing.T) {
 				t.Errorf("setxattr %s %s succeeded", name, x)
 			}
 		}
-		after, err := semXattrNames(u)
+		after, err := listXattr(u)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -683,7 +656,7 @@ func TestPrivateXattrsHidden(t *testing.T) {
 			t.Errorf("upper %s xattrs changed from %q to %q", name, upperNames, after)
 		}
 		for x, v := range upperVals {
-			if got, _ := semGetxattr(u, x); got != v {
+			if got, _ := getXattr(u, x); got != v {
 				t.Errorf("upper %s: %s changed from %q to %q", name, x, v, got)
 			}
 		}
@@ -950,7 +923,7 @@ func TestReadOnlySourceCopyUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkAttrs("a", 0o444, data, true)
-	if v, err := semGetxattr(filepath.Join(upper, "a"), "user.x"); v != "1" {
+	if v, err := getXattr(filepath.Join(upper, "a"), "user.x"); v != "1" {
 		t.Errorf("upper a: user.x = %q, %v", v, err)
 	}
 
