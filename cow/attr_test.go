@@ -124,3 +124,32 @@ func TestXattrsOnRoot(t *testing.T) {
 		}
 	}
 }
+
+// TestLookupStatMatchesStat checks that the attributes a lookup returns
+// are those Stat gives for the object: merged and plain directories, upper
+// and lower files, and a hard-linked lower file served from the link index.
+func TestLookupStatMatchesStat(t *testing.T) {
+	ts := newTestStack(t,
+		[]entry{dir("m"), file("m/u", "upper"), dir("up")},
+		[]entry{dir("m"), file("m/l", "lower"), dir("lo"), file("h1", "linked"), hardlink("h2", "h1")})
+	h1 := ts.mustLookup(t, "h1")
+	if _, err := ts.CopyUp(h1, "h1", true); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{"m", "up", "lo", "m/u", "m/l", "h1", "h2"} {
+		dirRel, name := split(rel)
+		dir := ts.mustLookup(t, dirRel)
+		o, got, err := ts.LookupStat(dir, dirRel, name)
+		if err != nil {
+			t.Fatalf("%s: %v", rel, err)
+		}
+		want, err := ts.Stat(o, rel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Ino != want.Ino || got.Mode != want.Mode || got.Nlink != want.Nlink || got.Size != want.Size || got.Mtim != want.Mtim {
+			t.Errorf("%s: lookup gives ino %d mode %o nlink %d size %d; Stat ino %d mode %o nlink %d size %d",
+				rel, got.Ino, got.Mode, got.Nlink, got.Size, want.Ino, want.Mode, want.Nlink, want.Size)
+		}
+	}
+}

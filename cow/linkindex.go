@@ -19,24 +19,25 @@ import (
 func indexName(ino uint64) string { return strconv.FormatUint(ino, 10) }
 
 // indexed returns the object for a non-directory with several names, st at
-// l, when the link index holds its copy; the bool is false otherwise.
-func (s *Stack) indexed(l *Layer, st *unix.Stat_t, ino uint64) (*Object, bool) {
+// l, and the attributes of its copy, when the link index holds one; the
+// bool is false otherwise.
+func (s *Stack) indexed(l *Layer, st *unix.Stat_t, ino uint64) (*Object, unix.Stat_t, bool) {
 	if s.index == nil || st.Nlink < 2 || st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		return nil, false
+		return nil, unix.Stat_t{}, false
 	}
 	name := indexName(ino)
 	ist, err := s.index.lstat(name)
 	if err != nil {
-		return nil, false
+		return nil, ist, false
 	}
 	if l.upper && (ist.Ino != st.Ino || ist.Dev != st.Dev) {
-		return nil, false // an unrelated upper file
+		return nil, ist, false // an unrelated upper file
 	}
 	o := &Object{Layer: s.index, indexName: name, Ino: ino, Mode: ist.Mode}
 	if !l.upper {
 		o.Lowers = []*Layer{l}
 	}
-	return o, true
+	return o, ist, true
 }
 
 // loc returns the path of o in o.Layer, o being at rel in the merged view.

@@ -71,8 +71,16 @@ func (s *Stack) searchLayers(dir *Object) []*Layer {
 // Lookup finds name in the merged directory dir at path dirRel. It returns
 // an error wrapping ENOENT when the name is absent or hidden.
 func (s *Stack) Lookup(dir *Object, dirRel, name string) (*Object, error) {
+	o, _, err := s.LookupStat(dir, dirRel, name)
+	return o, err
+}
+
+// LookupStat is Lookup that also returns the object's attributes as Stat
+// would, from the lookup's own stat.
+func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat_t, error) {
+	var top unix.Stat_t
 	if name == "." || name == ".." || IsReservedName(name) {
-		return nil, &os.PathError{Op: "lookup", Path: join(dirRel, name), Err: unix.ENOENT}
+		return nil, top, &os.PathError{Op: "lookup", Path: join(dirRel, name), Err: unix.ENOENT}
 	}
 	rel := join(dirRel, name)
 	var o *Object
@@ -85,7 +93,7 @@ func (s *Stack) Lookup(dir *Object, dirRel, name string) (*Object, error) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, top, err
 		}
 		if isWhiteout(&st) {
 			break
@@ -93,8 +101,9 @@ func (s *Stack) Lookup(dir *Object, dirRel, name string) (*Object, error) {
 		isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
 		if o == nil {
 			o = &Object{Layer: l, Ino: s.ino(l, rel, &st), Mode: st.Mode}
-			if io, ok := s.indexed(l, &st, o.Ino); ok {
-				o = io
+			top = st
+			if io, ist, ok := s.indexed(l, &st, o.Ino); ok {
+				o, top = io, ist
 				break
 			}
 			if !isDir {
@@ -111,16 +120,17 @@ func (s *Stack) Lookup(dir *Object, dirRel, name string) (*Object, error) {
 		}
 		opaque, err := l.isOpaque(rel)
 		if err != nil {
-			return nil, err
+			return nil, top, err
 		}
 		if opaque || l.hasMarker(dirRel, name) {
 			break
 		}
 	}
 	if o == nil {
-		return nil, &os.PathError{Op: "lookup", Path: rel, Err: unix.ENOENT}
+		return nil, top, &os.PathError{Op: "lookup", Path: rel, Err: unix.ENOENT}
 	}
-	return o, nil
+	s.FixStat(o, &top)
+	return o, top, nil
 }
 
 // lowerHas reports whether a lower layer under dir shows something at name,

@@ -20,11 +20,12 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 	if e != 0 {
 		return nil, e
 	}
-	o, err := n.st.Lookup(dir, rel, name)
+	o, st, err := n.st.LookupStat(dir, rel, name)
 	if err != nil {
 		return nil, errno(err)
 	}
-	return n.entry(ctx, name, join(rel, name), o, out)
+	fillAttr(&out.Attr, &st)
+	return n.child(ctx, name, o), 0
 }
 
 // entry returns the inode for o, found or created as name at rel, and
