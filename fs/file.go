@@ -65,7 +65,7 @@ func newHandle(n *Node, fd int, upper bool) *handle {
 func (h *handle) current() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.upper {
+	if h.upper || !h.n.copiedUp() {
 		return h.fd
 	}
 	rel, o, e := h.n.object()
