@@ -2,6 +2,7 @@ package cow
 
 import (
 	"errors"
+	"os"
 	"slices"
 	"strings"
 
@@ -176,3 +177,38 @@ func (l *Layer) hasMarker(dir, name string) bool {
 func (s *Stack) setOpaque(rel string) error {
 	return s.upper.setxattr(rel, s.opaqueXattr(), []byte("y"))
 }
+
+// The functions below write the format for packages that build layer
+// directories without a Stack (unpacking an OCI layer into a lower).
+
+// MakeWhiteout creates, in the directory dirfd, the whiteout that hides
+// name in the layers below.
+func MakeWhiteout(dirfd int, name string) error {
+	if err := mkWhiteout(dirfd, name); err != nil {
+		return &os.PathError{Op: "mknod whiteout", Path: name, Err: err}
+	}
+	return nil
+}
+
+// MarkOpaque marks the directory name in dirfd opaque: it hides the
+// directories of the same path in the layers below. userXattr selects
+// user.overlay.opaque (no root needed) over trusted.overlay.opaque.
+func MarkOpaque(dirfd int, name string, userXattr bool) error {
+	x := "trusted.overlay.opaque"
+	if userXattr {
+		x = "user.overlay.opaque"
+	}
+	if err := setxattrAt(dirfd, name, x, []byte("y")); err != nil {
+		return &os.PathError{Op: "mark opaque", Path: name, Err: err}
+	}
+	return nil
+}
+
+// OCI layer tars spell whiteouts as names (image-spec layer.md).
+const (
+	// OCIWhiteoutPrefix starts the name of an entry that deletes the
+	// rest of its name from the layers below.
+	OCIWhiteoutPrefix = whiteoutPrefix
+	// OCIOpaqueMarker inside a directory makes it opaque.
+	OCIOpaqueMarker = opaqueMarker
+)
