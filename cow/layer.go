@@ -23,6 +23,9 @@ type Layer struct {
 	// kernel's xino).
 	inoHigh uint64
 	upper   bool
+	// committed marks a lower that was an upper (commit.go): it may hold
+	// inode numbers recorded at copy-up.
+	committed bool
 }
 
 func openLayer(dir string, upper bool) (*Layer, error) {
@@ -272,7 +275,7 @@ func sized(size int, fill func(buf []byte) (int, error)) ([]byte, error) {
 func (s *Stack) ino(l *Layer, rel string, st *unix.Stat_t) uint64 {
 	// user.* xattrs cannot be set on symlinks, so in userxattr mode a
 	// copied-up symlink has none.
-	if l.upper && !(s.cfg.UserXattr && st.Mode&unix.S_IFMT == unix.S_IFLNK) {
+	if (l.upper || l.committed) && !(s.cfg.UserXattr && st.Mode&unix.S_IFMT == unix.S_IFLNK) {
 		if v, err := l.getxattr(rel, s.inoXattr()); err == nil {
 			if n, err := strconv.ParseUint(string(v), 10, 64); err == nil && n != 0 {
 				return n

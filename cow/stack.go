@@ -55,6 +55,11 @@ type Stack struct {
 
 	tmpSeq atomic.Uint64
 	root   bool // running as root: can chown and set trusted.* xattrs
+
+	// live is held shared by each request (Hold) and exclusively by
+	// Commit, which changes the set of layers; gen counts commits.
+	live sync.RWMutex
+	gen  atomic.Uint64
 }
 
 // Open opens the layers named by cfg and prepares the work directory,
@@ -94,11 +99,22 @@ func Open(cfg Config) (*Stack, error) {
 			return nil, err
 		}
 	}
-	for _, d := range cfg.Lowers {
+	var committed []string
+	if cfg.Upper != "" {
+		var err error
+		if committed, err = committedLayers(cfg.Work); err != nil {
+			return nil, err
+		}
+		if n := len(committed) + len(cfg.Lowers); n > MaxLowers {
+			return nil, fmt.Errorf("%d lower layers with the %d committed ones, at most %d allowed: %w", n, len(committed), MaxLowers, unix.EINVAL)
+		}
+	}
+	for i, d := range append(committed, cfg.Lowers...) {
 		l, err := openLayer(d, false)
 		if err != nil {
 			return nil, err
 		}
+		l.committed = i < len(committed)
 		s.lowers = append(s.lowers, l)
 	}
 	s.assignInoHigh()

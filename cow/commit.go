@@ -1,0 +1,247 @@
+package cow
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Commit freezes the upper into a new read-only layer while the stack stays
+// in use: the upper's tree becomes the top-most lower and an empty upper
+// takes its place.
+//
+// # On disk
+//
+// Committed layers live in WORK/layers, named 1, 2, 3, ... in commit
+// order; Open stacks them, newest on top, between the upper and
+// Config.Lowers, so a remount with the same directories shows the same
+// merged view. Each is an ordinary layer directory in the overlay format:
+// a kernel mount with lowerdir=WORK/layers/N:...:LOWERS shows the same view
+// too.
+//
+// The switch is one renameat2(RENAME_EXCHANGE) of the upper with a fresh
+// empty directory prepared as WORK/layers/N: before it the stack has an
+// empty extra layer, after it the committed one, and a crash at any point
+// leaves one of the two. No file is copied; the time writers wait does not
+// depend on the size of the upper.
+//
+// # Objects and inode numbers
+//
+// The Layer that was the upper becomes the new lower in place, so Objects
+// found before the commit stay valid: they now describe objects in a lower,
+// and changing one copies it up again. The layer keeps its inode numbers,
+// and inode numbers recorded at copy-up are read in committed layers too,
+// so st_ino does not change.
+//
+// The link index (linkindex.go) cannot be carried into a layer: a layer
+// cannot hold a hard link into the layers below it (image-spec layer.md,
+// "Hardlinks"). Commit empties it, so a lower file's names that were never
+// copied up show the lower's data again, as a kernel mount of the committed
+// layers with index=off does; Commit reports the inode numbers concerned.
+
+const committedDir = "layers"
+
+// Hold keeps the stack's set of layers as it is until release is called:
+// Commit waits until no hold is left, and new holds wait for a commit to
+// finish. The FUSE server holds the stack for each request that reads or
+// changes it; a hold must not be taken twice by one request.
+func (s *Stack) Hold() (release func()) {
+	s.live.RLock()
+	return s.live.RUnlock
+}
+
+// Generation counts the commits of this stack; a descriptor opened in the
+// upper before a commit is in a lower after it.
+func (s *Stack) Generation() uint64 { return s.gen.Load() }
+
+// Committed describes a commit.
+type Committed struct {
+	// Dir is the new layer's directory, WORK/layers/N.
+	Dir string
+	// Lowers are the layers below it, top-most first.
+	Lowers []string
+	// Held is how long the commit held the stack.
+	Held time.Duration
+	// Unlinked are the inode numbers of objects that were served from the
+	// link index and now show their lower data again.
+	Unlinked []uint64
+}
+
+// Commit freezes the upper into a new lower layer, on top of the others,
+// and continues with an empty upper. It waits for every Hold to be
+// released and holds the stack exclusively while it works.
+func (s *Stack) Commit() (Committed, error) {
+	if s.upper == nil {
+		return Committed{}, &errRO
+	}
+	start := time.Now()
+	s.live.Lock()
+	defer s.live.Unlock()
+	if len(s.lowers)+1 > MaxLowers {
+		return Committed{}, fmt.Errorf("commit: the stack has %d lower layers, at most %d allowed: %w", len(s.lowers), MaxLowers, unix.EINVAL)
+	}
+	layersDir := filepath.Join(s.cfg.Work, committedDir)
+	if err := os.Mkdir(layersDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return Committed{}, fmt.Errorf("commit: %w", err)
+	}
+	seq, err := nextCommitted(layersDir)
+	if err != nil {
+		return Committed{}, fmt.Errorf("commit: %w", err)
+	}
+	name := strconv.Itoa(seq)
+	dir := filepath.Join(layersDir, name)
+	if err := s.prepareFresh(dir); err != nil {
+		return Committed{}, fmt.Errorf("commit: %w", err)
+	}
+	if err := exchangeDirs(dir, s.cfg.Upper); err != nil {
+		_ = os.Remove(dir)
+		return Committed{}, fmt.Errorf("commit: swap %s with a fresh upper: %w", s.cfg.Upper, err)
+	}
+	// From here the commit has happened on disk; what follows makes the
+	// open stack match it.
+	fresh, err := openLayer(s.cfg.Upper, true)
+	if err != nil {
+		return Committed{}, fmt.Errorf("commit: reopen the upper: %w", err)
+	}
+	old := s.upper
+	fresh.inoHigh = old.inoHigh
+	old.Dir, old.upper, old.committed = dir, false, true
+	s.upper = fresh
+	s.lowers = append([]*Layer{old}, s.lowers...)
+	s.gen.Add(1)
+	unlinked, err := s.emptyIndex()
+	if err != nil {
+		return Committed{}, fmt.Errorf("commit: %w", err)
+	}
+	c := Committed{Dir: dir, Unlinked: unlinked}
+	for _, l := range s.lowers[1:] {
+		c.Lowers = append(c.Lowers, l.Dir)
+	}
+	c.Held = time.Since(start)
+	return c, nil
+}
+
+// prepareFresh builds the empty directory that becomes the upper: a copy
+// of the upper's root directory without its contents, so that the merged
+// root keeps its attributes and inode number.
+func (s *Stack) prepareFresh(dir string) error {
+	st, err := s.upper.lstat("")
+	if err != nil {
+		return err
+	}
+	root := &Object{Layer: s.upper, Mode: st.Mode, Ino: s.ino(s.upper, "", &st)}
+	tmp := s.tmpName()
+	if err := s.buildCopy(root, "", &st, tmp, false); err != nil {
+		removeAll(s.work, tmp)
+		return fmt.Errorf("prepare a fresh upper: %w", err)
+	}
+	if err := os.Rename(filepath.Join(s.work.Dir, tmp), dir); err != nil {
+		removeAll(s.work, tmp)
+		return fmt.Errorf("prepare a fresh upper: %w", err)
+	}
+	return syncDir(filepath.Dir(dir))
+}
+
+// exchangeDirs swaps the directories a and b atomically and makes the swap
+// durable.
+func exchangeDirs(a, b string) error {
+	err := renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE)
+	if errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("%w (the upper is a mount point; commit needs to rename it)", err)
+	}
+	if err != nil {
+		return err
+	}
+	if err := syncDir(filepath.Dir(a)); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(b))
+}
+
+func syncDir(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
+		return &os.PathError{Op: "fsync", Path: dir, Err: err}
+	}
+	return nil
+}
+
+// emptyIndex removes every entry of the link index and returns their inode
+// numbers.
+func (s *Stack) emptyIndex() ([]uint64, error) {
+	if s.index == nil {
+		return nil, nil
+	}
+	names, err := readNames(s.index, "")
+	if err != nil {
+		return nil, err
+	}
+	var inos []uint64
+	for _, n := range names {
+		if err := removeAll(s.index, n); err != nil {
+			return inos, err
+		}
+		if ino, err := strconv.ParseUint(n, 10, 64); err == nil {
+			inos = append(inos, ino)
+		}
+	}
+	return inos, nil
+}
+
+// committedLayers returns the committed layer directories in work, newest
+// first.
+func committedLayers(work string) ([]string, error) {
+	seqs, err := committedSeqs(filepath.Join(work, committedDir))
+	if err != nil {
+		return nil, err
+	}
+	dirs := make([]string, len(seqs))
+	for i, n := range seqs {
+		dirs[len(seqs)-1-i] = filepath.Join(work, committedDir, strconv.Itoa(n))
+	}
+	return dirs, nil
+}
+
+// committedSeqs returns the numbers of the committed layers in dir, in
+// ascending order. Other names (a layer's metadata) are not layers.
+func committedSeqs(dir string) ([]int, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list committed layers: %w", err)
+	}
+	var seqs []int
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil || n <= 0 || strconv.Itoa(n) != e.Name() || !e.IsDir() {
+			continue
+		}
+		seqs = append(seqs, n)
+	}
+	slices.Sort(seqs)
+	return seqs, nil
+}
+
+func nextCommitted(dir string) (int, error) {
+	seqs, err := committedSeqs(dir)
+	if err != nil || len(seqs) == 0 {
+		return 1, err
+	}
+	return seqs[len(seqs)-1] + 1, nil
+}
+
+// CommittedLayers returns the layers committed on top of the lowers of the
+// upper whose work directory is work, newest first: what Open stacks.
+func CommittedLayers(work string) ([]string, error) { return committedLayers(work) }

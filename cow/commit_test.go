@@ -1,0 +1,124 @@
+package cow
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// inodes returns the merged inode number and mtime of every path of the
+// merged view.
+func (ts *testStack) inodes(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for p := range ts.mergedDump(t, "") {
+		rel := p
+		if rel == "." {
+			rel = ""
+		}
+		o := ts.mustLookup(t, rel)
+		st, err := ts.Stat(o, rel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[p] = fmt.Sprintf("ino %d mtime %d.%09d", st.Ino, st.Mtim.Sec, st.Mtim.Nsec)
+	}
+	return out
+}
+
+func TestCommit(t *testing.T) {
+	requireRoot(t) // whiteouts are character devices
+	ts := newTestStack(t, nil, []entry{
+		file("a/f", "lower f"), file("a/g", "lower g"), file("d/x", "x"), dir("gone/sub"),
+	})
+	ts.create(t, "a/new", "new", Owner{})
+	ts.unlink(t, "a/g")
+	fd, _, err := ts.Open(ts.mustLookup(t, "a/f"), "a/f", unix.O_WRONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Pwrite(fd, []byte("UPPER"), 0)
+	unix.Close(fd)
+	held := ts.mustLookup(t, "a/new") // an object found before the commit
+
+	view, inos := ts.mergedDump(t, ""), ts.inodes(t)
+	c, err := ts.Commit()
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if want := filepath.Join(ts.work, "layers", "1"); c.Dir != want {
+		t.Errorf("layer dir %s, want %s", c.Dir, want)
+	}
+	if len(c.Lowers) != 1 || c.Lowers[0] != ts.lowers[0] {
+		t.Errorf("lowers below the layer %v, want %v", c.Lowers, ts.lowers)
+	}
+	if c.Held <= 0 {
+		t.Errorf("held %v", c.Held)
+	}
+	if ents, _ := os.ReadDir(ts.upper); len(ents) != 0 {
+		t.Errorf("upper not empty after commit: %d entries", len(ents))
+	}
+	frozen := dumpTree(t, c.Dir, true)
+	for _, p := range []string{"a/new", "a/f", "a/g"} {
+		if _, ok := frozen[p]; !ok {
+			t.Errorf("committed layer lacks %s: %v", p, frozen)
+		}
+	}
+	if !strings.HasPrefix(frozen["a/g"], "whiteout") {
+		t.Errorf("a/g in the committed layer: %s, want a whiteout", frozen["a/g"])
+	}
+	if d := diffMaps(ts.mergedDump(t, ""), view); d != "" {
+		t.Errorf("merged view changed by the commit:\n%s", d)
+	}
+	if d := diffMaps(ts.inodes(t), inos); d != "" {
+		t.Errorf("inode numbers or times changed by the commit:\n%s", d)
+	}
+
+	// Writing through an object found before the commit copies it up
+	// again: the committed layer never changes.
+	layerBefore := fingerprint(t, c.Dir)
+	fd, _, err = ts.Open(held, "a/new", unix.O_WRONLY|unix.O_APPEND)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Write(fd, []byte("+more"))
+	unix.Close(fd)
+	if got := ts.read(t, "a/new"); got != "new+more" {
+		t.Errorf("a/new = %q", got)
+	}
+	if fingerprint(t, c.Dir) != layerBefore {
+		t.Error("a write after the commit changed the committed layer")
+	}
+	if _, err := os.Lstat(filepath.Join(ts.upper, "a/new")); err != nil {
+		t.Errorf("a/new not copied up into the fresh upper: %v", err)
+	}
+
+	// A remount stacks the committed layer again; a second commit goes
+	// on top of the first.
+	view = ts.mergedDump(t, "")
+	ts.open(t)
+	if d := diffMaps(ts.mergedDump(t, ""), view); d != "" {
+		t.Errorf("remount changed the merged view:\n%s", d)
+	}
+	ts.unlink(t, "a/new")
+	c2, err := ts.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{c.Dir, ts.lowers[0]}; strings.Join(c2.Lowers, ":") != strings.Join(want, ":") {
+		t.Errorf("second commit: lowers %v, want %v", c2.Lowers, want)
+	}
+	ts.open(t)
+	ts.absent(t, "a/new")
+	ts.absent(t, "a/g")
+	if got := ts.read(t, "a/f"); got != "UPPER f" {
+		t.Errorf("a/f = %q", got)
+	}
+	if got, err := CommittedLayers(ts.work); err != nil || strings.Join(got, ":") != c2.Dir+":"+c.Dir {
+		t.Errorf("CommittedLayers = %v, %v", got, err)
+	}
+}
