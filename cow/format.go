@@ -212,3 +212,30 @@ const (
 	// OCIOpaqueMarker inside a directory makes it opaque.
 	OCIOpaqueMarker = opaqueMarker
 )
+
+// fuseOpaqueMarker is a 0/0 character device that fuse-overlayfs creates
+// inside a directory it makes opaque, beside the xattr and the
+// ".wh..wh..opq" file.
+const fuseOpaqueMarker = ".wh..opq"
+
+// isOverlayXattr reports whether the on-disk xattr name is an overlay
+// filesystem's own (the kernel's in either namespace, fuse-overlayfs's or
+// ours, users' escaped ones included), never a property of the file.
+func isOverlayXattr(name string) bool {
+	return strings.HasPrefix(name, "trusted.overlay.") ||
+		strings.HasPrefix(name, "user.overlay.") ||
+		strings.HasPrefix(name, "user.fuseoverlayfs.")
+}
+
+// unreadableXattr reports whether the on-disk xattr name marks an object
+// that only a kernel overlay mount can read whole: a directory renamed with
+// redirect_dir (overlay.redirect names its lower origin) or a
+// metadata-only copy-up (overlay.metacopy: the data is still below).
+func unreadableXattr(name string) bool {
+	switch name {
+	case "trusted.overlay.redirect", "user.overlay.redirect",
+		"trusted.overlay.metacopy", "user.overlay.metacopy":
+		return true
+	}
+	return false
+}
