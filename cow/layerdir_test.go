@@ -73,7 +73,7 @@ func TestLayerDirReadDir(t *testing.T) {
 	}, {
 		name: "fuse-overlayfs",
 		tree: []entry{
-			opaque("d"), file("d/"+opaqueMarker, ""), whiteout("d/"+fuseOpaqueMarker), file("d/f", "f"),
+			opaque("d"), file("d/"+opaqueMarker, ""), whiteout("d/" + fuseOpaqueMarker), file("d/f", "f"),
 			// Both whiteout forms for one name, as fuse-overlayfs
 			// writes when it falls back from mknod.
 			dir("w"), whiteout("w/x"), marker("w/x"),
