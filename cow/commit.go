@@ -245,3 +245,33 @@ func nextCommitted(dir string) (int, error) {
 // CommittedLayers returns the layers committed on top of the lowers of the
 // upper whose work directory is work, newest first: what Open stacks.
 func CommittedLayers(work string) ([]string, error) { return committedLayers(work) }
+
+// Detach returns a new descriptor, open for reading and writing, of a
+// private copy of the file open as fd, in the work directory and without a
+// name: for an open file that has no name in the merged view any more and
+// whose data a commit froze into a lower, so that writes to it never change
+// the committed layer.
+func (s *Stack) Detach(fd int) (int, error) {
+	if s.upper == nil {
+		return -1, &errRO
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return -1, fmt.Errorf("detach: %w", err)
+	}
+	c, err := unix.Openat(s.work.fd, ".", unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, st.Mode&0o7777)
+	if err != nil {
+		return -1, fmt.Errorf("detach: %w", err)
+	}
+	// fd may be open for writing only.
+	in, err := unix.Open(procPath(fd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err == nil {
+		err = copyData(c, in, st.Size)
+		unix.Close(in)
+	}
+	if err != nil {
+		unix.Close(c)
+		return -1, fmt.Errorf("detach: %w", err)
+	}
+	return c, nil
+}

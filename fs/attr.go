@@ -16,8 +16,9 @@ var _ = (fusefs.NodeGetattrer)((*Node)(nil))
 
 // Getattr implements fusefs.NodeGetattrer.
 func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	defer n.st.Hold()()
 	if h, ok := f.(*handle); ok {
-		return h.Getattr(ctx, out)
+		return h.getattr(out)
 	}
 	rel, o, e := n.object()
 	if e != 0 {
@@ -35,6 +36,7 @@ var _ = (fusefs.NodeSetattrer)((*Node)(nil))
 
 // Setattr implements fusefs.NodeSetattrer.
 func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	defer n.st.Hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return e
@@ -51,8 +53,12 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	}
 	if sz, ok := in.GetSize(); ok {
 		a.Size = &sz
-		if h, ok := f.(*handle); ok && h.upper {
-			a.FromHandle = h.current()
+		if h, ok := f.(*handle); ok {
+			fd, err := h.writable()
+			if err != nil {
+				return errno(err)
+			}
+			a.FromHandle = fd
 		}
 	}
 	a.Atime = timespec(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec)
@@ -97,6 +103,7 @@ var _ = (fusefs.NodeReadlinker)((*Node)(nil))
 
 // Readlink implements fusefs.NodeReadlinker.
 func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	defer n.st.Hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return nil, e
@@ -112,6 +119,7 @@ var _ = (fusefs.NodeGetxattrer)((*Node)(nil))
 
 // Getxattr implements fusefs.NodeGetxattrer.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	defer n.st.Hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return 0, e
@@ -130,6 +138,7 @@ var _ = (fusefs.NodeListxattrer)((*Node)(nil))
 
 // Listxattr implements fusefs.NodeListxattrer.
 func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	defer n.st.Hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return 0, e
@@ -153,6 +162,7 @@ var _ = (fusefs.NodeSetxattrer)((*Node)(nil))
 
 // Setxattr implements fusefs.NodeSetxattrer.
 func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	defer n.st.Hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return e
@@ -170,6 +180,7 @@ var _ = (fusefs.NodeRemovexattrer)((*Node)(nil))
 
 // Removexattr implements fusefs.NodeRemovexattrer.
 func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	defer n.st.Hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return e

@@ -16,6 +16,7 @@ var _ = (fusefs.NodeLookuper)((*Node)(nil))
 
 // Lookup implements fusefs.NodeLookuper.
 func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	defer n.st.Hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return nil, e
@@ -50,6 +51,7 @@ var _ = (fusefs.NodeOpendirHandler)((*Node)(nil))
 
 // OpendirHandle implements fusefs.NodeOpendirHandler.
 func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	defer n.st.Hold()()
 	if _, _, e := n.object(); e != 0 {
 		return nil, 0, e
 	}
@@ -79,6 +81,7 @@ var _ = (fusefs.FileReaddirenter)((*dirHandle)(nil))
 
 // Readdirent implements fusefs.FileReaddirenter.
 func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	defer d.n.st.Hold()()
 	if !d.read {
 		if e := d.load(); e != 0 {
 			return nil, e
@@ -133,6 +136,7 @@ var _ = (fusefs.FileFsyncdirer)((*dirHandle)(nil))
 
 // Fsyncdir implements fusefs.FileFsyncdirer.
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	defer d.n.st.Hold()()
 	rel, _, e := d.n.object()
 	if e != 0 {
 		return e
@@ -162,6 +166,7 @@ func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 }
 
 func (n *Node) make(ctx context.Context, name string, obj cow.NewObject, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	defer n.st.Hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return nil, e
@@ -185,6 +190,7 @@ var _ = (fusefs.NodeCreater)((*Node)(nil))
 
 // Create implements fusefs.NodeCreater.
 func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	defer n.st.Hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return nil, nil, 0, e
@@ -199,13 +205,14 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, e
 	}
-	return ch, newHandle(ch.Operations().(*Node), fd, true), n.openFlags(), 0
+	return ch, newHandle(ch.Operations().(*Node), fd, flags, true), n.openFlags(), 0
 }
 
 var _ = (fusefs.NodeTmpfiler)((*Node)(nil))
 
 // Tmpfile implements fusefs.NodeTmpfiler.
 func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	defer n.st.Hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return nil, nil, 0, e
@@ -230,13 +237,14 @@ func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	node := n.newNode(o)
 	node.tmpfd = keep
 	ch := n.NewInode(ctx, node, n.idFor(o))
-	return ch, newHandle(node, fd, true), n.openFlags(), 0
+	return ch, newHandle(node, fd, flags, true), n.openFlags(), 0
 }
 
 var _ = (fusefs.NodeLinker)((*Node)(nil))
 
 // Link implements fusefs.NodeLinker.
 func (n *Node) Link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	defer n.st.Hold()()
 	t := target.(*Node)
 	rel, dir, e := n.object()
 	if e != 0 {
@@ -291,6 +299,7 @@ func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
 }
 
 func (n *Node) remove(name string, isDir bool) syscall.Errno {
+	defer n.st.Hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return e
@@ -319,6 +328,7 @@ var _ = (fusefs.NodeRenamer)((*Node)(nil))
 
 // Rename implements fusefs.NodeRenamer.
 func (n *Node) Rename(ctx context.Context, name string, newParent fusefs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	defer n.st.Hold()()
 	np := newParent.(*Node)
 	rel, dir, e := n.object()
 	if e != 0 {
@@ -358,6 +368,7 @@ var _ = (fusefs.NodeStatfser)((*Node)(nil))
 
 // Statfs implements fusefs.NodeStatfser.
 func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	defer n.st.Hold()()
 	st, err := n.st.Statfs()
 	if err != nil {
 		return errno(err)

@@ -14,6 +14,7 @@ var _ = (fusefs.NodeOpener)((*Node)(nil))
 
 // Open implements fusefs.NodeOpener.
 func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	defer n.st.Hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return nil, 0, e
@@ -31,7 +32,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if c != o {
 		n.setObject(c)
 	}
-	return newHandle(n, fd, c.Upper()), n.openFlags(), 0
+	return newHandle(n, fd, flags, c.Upper()), n.openFlags(), 0
 }
 
 // openFlags are the FOPEN_ flags of a file handle: no FLUSH requests (a
@@ -47,44 +48,97 @@ func (n *Node) openFlags() uint32 {
 
 // handle is an open file. A handle opened on a lower file moves to the
 // upper copy on its next read once the file has been copied up, so it sees
-// what was written after the copy-up.
+// what was written after the copy-up. A handle whose file a commit froze
+// into a lower copies it up again on its next write, so the committed layer
+// never changes.
 type handle struct {
 	n *Node
+	// flags are the open flags, to open the file again after a copy-up.
+	flags int
 
-	// mu protects fd and upper.
-	mu    sync.Mutex
-	fd    int
+	// mu protects fd, upper and gen.
+	mu sync.Mutex
+	fd int
+	// upper is set when fd is in the upper of commit generation gen.
 	upper bool
+	gen   uint64
 }
 
-func newHandle(n *Node, fd int, upper bool) *handle {
-	return &handle{n: n, fd: fd, upper: upper}
+func newHandle(n *Node, fd int, flags uint32, upper bool) *handle {
+	reopen := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_TMPFILE | unix.O_DIRECT)
+	return &handle{n: n, fd: fd, flags: reopen, upper: upper, gen: n.st.Generation()}
 }
 
-// current returns the descriptor to use for reading.
+// inUpper reports whether fd is in the current upper; h.mu is held.
+func (h *handle) inUpper() bool { return h.upper && h.gen == h.n.st.Generation() }
+
+// current returns the descriptor to read from.
 func (h *handle) current() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.upper || !h.n.copiedUp() {
+	if h.inUpper() || !h.n.copiedUp() {
 		return h.fd
 	}
 	rel, o, e := h.n.object()
 	if e != 0 || !o.Upper() {
 		return h.fd
 	}
-	fd, _, err := h.n.st.Open(o, rel, unix.O_RDONLY)
+	fd, _, err := h.n.st.Open(o, rel, h.flags)
 	if err != nil {
 		return h.fd
 	}
-	unix.Close(h.fd)
-	h.fd, h.upper = fd, true
+	h.swap(fd)
 	return fd
+}
+
+// writable returns a descriptor in the current upper to write to, copying
+// the file up again if a commit froze it into a lower since the handle
+// was opened.
+func (h *handle) writable() (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.inUpper() {
+		return h.fd, nil
+	}
+	rel, o, e := h.n.object()
+	if e == syscall.ENOENT {
+		// The file has no name in the merged view any more; writes go
+		// to a private copy, as they would to an unlinked file.
+		fd, err := h.n.st.Detach(h.fd)
+		if err != nil {
+			return -1, err
+		}
+		h.swap(fd)
+		return fd, nil
+	}
+	if e != 0 {
+		return -1, e
+	}
+	c, err := h.n.st.CopyUp(o, rel, true)
+	if err != nil {
+		return -1, err
+	}
+	h.n.setObject(c)
+	fd, _, err := h.n.st.Open(c, rel, h.flags)
+	if err != nil {
+		return -1, err
+	}
+	h.swap(fd)
+	return fd, nil
+}
+
+// swap makes fd, in the current upper, the handle's descriptor; h.mu is
+// held.
+func (h *handle) swap(fd int) {
+	unix.Close(h.fd)
+	h.fd, h.upper, h.gen = fd, true, h.n.st.Generation()
 }
 
 var _ = (fusefs.FileReader)((*handle)(nil))
 
 // Read implements fusefs.FileReader.
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer h.n.st.Hold()()
 	n, err := unix.Pread(h.current(), dest, off)
 	if err != nil {
 		return nil, errno(err)
@@ -96,7 +150,11 @@ var _ = (fusefs.FileWriter)((*handle)(nil))
 
 // Write implements fusefs.FileWriter.
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	fd := h.current()
+	defer h.n.st.Hold()()
+	fd, err := h.writable()
+	if err != nil {
+		return 0, errno(err)
+	}
 	if err := h.n.killPriv(ctx, fd); err != nil {
 		return 0, errno(err)
 	}
@@ -130,6 +188,7 @@ var _ = (fusefs.FileFsyncer)((*handle)(nil))
 
 // Fsync implements fusefs.FileFsyncer.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	defer h.n.st.Hold()()
 	fd := h.current()
 	if flags&1 != 0 { // FUSE_FSYNC_FDATASYNC
 		return errno(unix.Fdatasync(fd))
@@ -141,6 +200,11 @@ var _ = (fusefs.FileGetattrer)((*handle)(nil))
 
 // Getattr implements fusefs.FileGetattrer.
 func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	defer h.n.st.Hold()()
+	return h.getattr(out)
+}
+
+func (h *handle) getattr(out *fuse.AttrOut) syscall.Errno {
 	var st unix.Stat_t
 	if err := unix.Fstat(h.current(), &st); err != nil {
 		return errno(err)
@@ -157,13 +221,19 @@ var _ = (fusefs.FileAllocater)((*handle)(nil))
 
 // Allocate implements fusefs.FileAllocater.
 func (h *handle) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
-	return errno(unix.Fallocate(h.current(), mode, int64(off), int64(size)))
+	defer h.n.st.Hold()()
+	fd, err := h.writable()
+	if err != nil {
+		return errno(err)
+	}
+	return errno(unix.Fallocate(fd, mode, int64(off), int64(size)))
 }
 
 var _ = (fusefs.FileLseeker)((*handle)(nil))
 
 // Lseek implements fusefs.FileLseeker.
 func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	defer h.n.st.Hold()()
 	n, err := unix.Seek(h.current(), int64(off), int(whence))
 	if err != nil {
 		return 0, errno(err)
@@ -175,13 +245,18 @@ var _ = (fusefs.NodeCopyFileRanger)((*Node)(nil))
 
 // CopyFileRange implements fusefs.NodeCopyFileRanger.
 func (n *Node) CopyFileRange(ctx context.Context, fhIn fusefs.FileHandle, offIn uint64, out *fusefs.Inode, fhOut fusefs.FileHandle, offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
+	defer n.st.Hold()()
 	in, ok1 := fhIn.(*handle)
 	o, ok2 := fhOut.(*handle)
 	if !ok1 || !ok2 {
 		return 0, syscall.EBADF
 	}
+	wfd, err := o.writable()
+	if err != nil {
+		return 0, errno(err)
+	}
 	roff, woff := int64(offIn), int64(offOut)
-	c, err := unix.CopyFileRange(in.current(), &roff, o.current(), &woff, int(length), int(flags))
+	c, err := unix.CopyFileRange(in.current(), &roff, wfd, &woff, int(length), int(flags))
 	if err != nil {
 		return 0, errno(err)
 	}

@@ -33,7 +33,7 @@ var DefaultCache = Cache{Timeout: 24 * time.Hour}
 // Mount serves the merged view of st at mountpoint. mo carries the
 // lifecycle options (allow_other, fsname, debug); Mount adds the caching
 // policy and returns once the kernel has the mount.
-func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) (*fuse.Server, error) {
+func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) (*Server, error) {
 	root, err := st.Root()
 	if err != nil {
 		return nil, fmt.Errorf("root directory: %w", err)
@@ -58,5 +58,46 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 		RootStableAttr:  &fusefs.StableAttr{Mode: unix.S_IFDIR, Ino: root.Ino},
 	}
 	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}}, obj: root, tmpfd: -1, ttl: cache.Timeout, keep: cache.Timeout > 0}
-	return fusefs.Mount(mountpoint, rootNode, opts)
+	server, err := fusefs.Mount(mountpoint, rootNode, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{Server: server, root: rootNode}, nil
+}
+
+// Server is a mounted stack.
+type Server struct {
+	*fuse.Server
+	root *Node
+}
+
+// Commit freezes the upper into a new lower layer while the mount stays in
+// use (cow.Stack.Commit). The merged view does not change, so the kernel's
+// caches stay valid, but for hard links the link index served: their
+// nodes look their objects up again and the kernel drops what it cached
+// of them.
+func (s *Server) Commit() (cow.Committed, error) {
+	st := s.root.st
+	c, err := st.Commit()
+	if err != nil {
+		return c, err
+	}
+	release := st.Hold()
+	if root, err := st.Root(); err == nil {
+		s.root.setObject(root)
+	}
+	release()
+	var stale []*Node
+	s.root.reg.mu.Lock()
+	for _, ino := range c.Unlinked {
+		if n, ok := s.root.reg.m[ino]; ok {
+			stale = append(stale, n)
+		}
+	}
+	s.root.reg.mu.Unlock()
+	for _, n := range stale {
+		n.invalidate()
+		n.NotifyContent(0, 0)
+	}
+	return c, nil
 }
