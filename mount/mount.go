@@ -20,7 +20,9 @@ import (
 type Union struct {
 	opts   Options
 	stack  *cow.Stack
-	server *fuse.Server
+	server *fs.Server
+	// stopControl closes the control socket (control.go).
+	stopControl func()
 }
 
 // Mount creates the workdir if needed, opens the stack and mounts it on
@@ -60,7 +62,14 @@ func mountStack(o *Options) (*Union, error) {
 		_ = st.Close() // the mount error is the one to report
 		return nil, fmt.Errorf("mount %s: %w", o.Mountpoint, err)
 	}
-	return &Union{opts: *o, stack: st, server: server}, nil
+	u := &Union{opts: *o, stack: st, server: server}
+	if u.stopControl, err = u.serveControl(); err != nil {
+		_ = server.Unmount()
+		server.Wait()
+		_ = st.Close()
+		return nil, err
+	}
+	return u, nil
 }
 
 // fuseOptions are the lifecycle options of the mount; package fs adds the
@@ -95,6 +104,7 @@ func (o *Options) fuseOptions() fuse.MountOptions {
 // the stack.
 func (u *Union) Wait() error {
 	u.server.Wait()
+	u.stopControl()
 	if err := u.stack.Close(); err != nil {
 		return fmt.Errorf("close layers: %w", err)
 	}

@@ -53,6 +53,10 @@ type Options struct {
 	Log string
 	// Foreground serves in this process instead of a daemon.
 	Foreground bool
+
+	// Image is the name of the image the lowers come from, when mounted
+	// with --image; Store is its image store.
+	Image, Store string
 }
 
 // NewOptions returns the defaults for the calling user: as root, the mount

@@ -55,7 +55,24 @@ func (o *Options) Validate() error {
 		o.Lowers = append([]string{o.Upper}, o.Lowers...)
 		o.Upper, o.Work = "", ""
 	}
+	return o.checkDirs(true)
+}
 
+// validateDirs is Validate for an upper that is committed offline: no
+// mount point.
+func (o *Options) validateDirs() error {
+	if len(o.Lowers) == 0 {
+		return errors.New("no lower directory")
+	}
+	if o.Upper == "" {
+		return errors.New("no upper directory")
+	}
+	return o.checkDirs(false)
+}
+
+// checkDirs resolves and checks the directories of o, and the mount point
+// if withMountpoint.
+func (o *Options) checkDirs(withMountpoint bool) error {
 	type dir struct {
 		role role
 		path string
@@ -80,12 +97,14 @@ func (o *Options) Validate() error {
 		o.Upper = p
 		dirs = append(dirs, dir{roleUpper, p})
 	}
-	mp, err := resolveMountpoint(o.Mountpoint)
-	if err != nil {
-		return err
+	if withMountpoint {
+		mp, err := resolveMountpoint(o.Mountpoint)
+		if err != nil {
+			return err
+		}
+		o.Mountpoint = mp
+		dirs = append(dirs, dir{roleMountpoint, mp})
 	}
-	o.Mountpoint = mp
-	dirs = append(dirs, dir{roleMountpoint, mp})
 	if o.Upper != "" {
 		if o.Work == "" {
 			o.Work = DefaultWork(o.Upper)
