@@ -725,7 +725,11 @@ func (a *applier) finish() error {
 	opaque := map[string]bool{}
 	for _, d := range a.opaque {
 		name := applyJoin(d, cow.OCIOpaqueMarker)
-		if k, ok := a.objs[d]; ok && k != applyImplied && k != applyDirectory {
+		k, ok := a.objs[d]
+		if ok && k == applySymlink {
+			return entryErr(name, "parent %q is a symlink", d)
+		}
+		if ok && k != applyImplied && k != applyDirectory {
 			a.warnf("layer entry %q: opaque marker in a non-directory, dropped", name)
 			continue
 		}
@@ -784,6 +788,8 @@ func (a *applier) whiteout(w string, opaque, deleted map[string]bool) error {
 			return nil
 		case deleted[anc] && (!made || k == applyWhiteout):
 			return nil
+		case made && k == applySymlink:
+			return entryErr(name, "parent %q is a symlink", anc)
 		case made && k != applyImplied && k != applyDirectory:
 			a.warnf("layer entry %q: whiteout below a non-directory of the layer, dropped", name)
 			return nil
