@@ -123,7 +123,9 @@ func TestApplyHostile(t *testing.T) {
 		{name: "whiteout with a slash", wantErr: `layer entry "a/.wh.b/c": parent ".wh.b" is a whiteout`,
 			tar: func(t testing.TB, _ string) []byte { return apTar(t, apFile("a/.wh.b/c", 0, "")) }},
 		{name: "duplicate file", wantErr: `layer entry "./f": duplicate path in the layer`,
-			tar: func(t testing.TB, _ string) []byte { return apTar(t, apFile("f", 0o644, "1"), apFile("./f", 0o644, "2")) }},
+			tar: func(t testing.TB, _ string) []byte {
+				return apTar(t, apFile("f", 0o644, "1"), apFile("./f", 0o644, "2"))
+			}},
 		{name: "duplicate dir", wantErr: `layer entry "d/": duplicate path in the layer`,
 			tar: func(t testing.TB, _ string) []byte { return apTar(t, apDir("d", 0o755), apDir("d/", 0o700)) }},
 		{name: "duplicate whiteout", wantErr: `layer entry ".wh.x": duplicate path in the layer`,
