@@ -8,7 +8,8 @@ import (
 )
 
 func main() {
-	if err := New().Run(os.Args); err != nil {
+	app := New()
+	if err := app.Run(flagsFirst(app, os.Args)); err != nil {
 		fmt.Fprintf(os.Stderr, "unionmount: %s\n", err)
 		os.Exit(1)
 	}
