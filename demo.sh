@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A guided tour of unionmount on the sample layers in examples/layers:
-# mounts base and extra under an empty upper, then shows on disk what a
-# copy-up, a whiteout and an opaque directory are.
+# mounts base and extra under an empty upper, shows on disk what a copy-up,
+# a whiteout and an opaque directory are, then lists the changes, commits
+# them into a new layer while the mount runs, and asks which layer serves
+# what.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/deps.sh
@@ -37,6 +39,22 @@ show mkdir merged/docs
 show "echo 'fresh docs' > merged/docs/NEW"
 show ls -l merged/docs
 show getfattr -d -m - upper/docs
+
+step "Diff: the changes, as docker diff lists them, read from upper alone"
+show ./unionmount diff merged
+
+step "Commit: freeze upper into a new read-only layer while the mount runs"
+show ./unionmount commit merged -m "'the tour'"
+show ls -la upper .upper.work/layers .upper.work/layers/1
+show ./unionmount layers merged
+
+step "Which: the layer that serves a path, or what hides it"
+show ./unionmount which merged/app/data/log.txt merged/etc/motd merged/etc/hostname merged/docs/README
+
+step "Writes after the commit go to the fresh upper; the layer stays frozen"
+show "echo 'third record' >> merged/app/data/log.txt"
+show ./unionmount diff merged
+show cat .upper.work/layers/1/app/data/log.txt
 
 step "The lowers never changed"
 show ls -lR base/etc base/docs
