@@ -149,9 +149,12 @@ func oracle(t *testing.T, bottomUp [][]writeOp, ops func(t *testing.T, merged st
 		lowers = append([]string{buildLayer(t, l)}, lowers...)
 	}
 	merged, upper := overlayMount(t, lowers)
+	_, before := treeLines(t, merged)
 	ops(t, merged)
 	want := treeList(t, merged)
+	_, after := treeLines(t, merged)
 	unmount(t, merged)
+	checkChanges(t, upper, lowers, before, after)
 
 	var layers [][]byte
 	for i := len(lowers) - 1; i >= 0; i-- {
@@ -177,6 +180,57 @@ func oracle(t *testing.T, bottomUp [][]writeOp, ops func(t *testing.T, merged st
 				}
 				t.Logf("layer %d:\n%s", i, strings.Join(lines, "\n"))
 			}
+		}
+	}
+}
+
+// checkChanges checks Changes of upper over lowers against the trees the
+// kernel showed before and after the changes (treeLines): 'A' exactly for
+// the paths only after, 'D' exactly for the paths only before whose parent
+// is a directory after (the roots of deletions), 'C' for paths in both,
+// at least for every one that the trees describe differently.
+func checkChanges(t *testing.T, upper string, lowers []string, before, after map[string]string) {
+	t.Helper()
+	changes, err := Changes(upper, lowers)
+	if err != nil {
+		t.Fatalf("Changes: %v", err)
+	}
+	got := map[string]byte{}
+	for _, c := range changes {
+		rel := strings.TrimPrefix(c.Path, "/")
+		if _, dup := got[rel]; dup {
+			t.Errorf("Changes lists %s twice", c.Path)
+		}
+		got[rel] = c.Kind
+	}
+	isDir := func(rel string) bool {
+		d := filepath.Dir(rel)
+		return d == "." || strings.Contains(after[d], " dir ")
+	}
+	for rel, line := range after {
+		_, was := before[rel]
+		switch {
+		case !was && got[rel] != 'A':
+			t.Errorf("/%s: %q, want A (added)", rel, got[rel])
+		case was && before[rel] != line && got[rel] != 'C':
+			t.Errorf("/%s: %q, want C (changed)", rel, got[rel])
+		case was && got[rel] != 0 && got[rel] != 'C':
+			t.Errorf("/%s: %q, want C or nothing", rel, got[rel])
+		}
+	}
+	for rel := range before {
+		if _, is := after[rel]; is {
+			continue
+		}
+		if isDir(rel) != (got[rel] == 'D') {
+			t.Errorf("/%s deleted: Changes says %q", rel, got[rel])
+		}
+	}
+	for rel, k := range got {
+		_, was := before[rel]
+		_, is := after[rel]
+		if !was && !is {
+			t.Errorf("Changes lists %c /%s, in neither tree", k, rel)
 		}
 	}
 }

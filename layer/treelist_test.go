@@ -25,6 +25,18 @@ import (
 // root itself is left out too.
 func treeList(t testing.TB, root string) string {
 	t.Helper()
+	paths, lines := treeLines(t, root)
+	var b strings.Builder
+	for _, p := range paths {
+		b.WriteString(lines[p])
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// treeLines is treeList as the paths in order and their lines.
+func treeLines(t testing.TB, root string) (paths []string, lines map[string]string) {
+	t.Helper()
 	type obj struct {
 		rel  string
 		line string
@@ -85,17 +97,17 @@ func treeList(t testing.TB, root string) string {
 		}
 	}
 	walk("")
-	var b strings.Builder
+	lines = map[string]string{}
 	for _, o := range objs {
-		b.WriteString(o.line)
+		paths = append(paths, o.rel)
+		lines[o.rel] = o.line
 		// Only names that share the inode within the tree count: a
 		// lower's link count says nothing about the merged view.
 		if g := groups[o.key]; len(g) > 1 {
-			fmt.Fprintf(&b, " links=%q", g[0])
+			lines[o.rel] += fmt.Sprintf(" links=%q", g[0])
 		}
-		b.WriteByte('\n')
 	}
-	return b.String()
+	return paths, lines
 }
 
 func typeName(mode uint32) string {
