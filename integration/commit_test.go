@@ -1,0 +1,403 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// The commit tests run `unionmount commit`, `diff`, `layers` and `which`
+// for real against live mounts and unmounted uppers, and check through the
+// mount point that a commit changes nothing anyone can see except the
+// layer stack: the merged tree, inode numbers and times included, stays as
+// it was, and files held open keep working without ever changing a
+// committed layer.
+
+// labChanges makes a change of every kind through the mount point m of a
+// lab: a new file, a modified lower file (copy-up), a chmod, a deleted
+// lower file (whiteout), a lower directory removed and made again
+// (opaque), a renamed lower directory, hard links, a symlink and an xattr.
+// The same calls work on a kernel overlay mount (mv copies the directory
+// when the kernel refuses to rename it).
+func labChanges(t testing.TB, m string) {
+	t.Helper()
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	must("create", os.WriteFile(filepath.Join(m, "notes.txt"), []byte("lab notes\n"), 0o644))
+	f, err := os.OpenFile(filepath.Join(m, "etc", "hostname"), os.O_WRONLY|os.O_APPEND, 0)
+	must("open a lower file for appending", err)
+	_, err = f.WriteString("changed\n")
+	must("append", err)
+	must("close", f.Close())
+	must("chmod", os.Chmod(filepath.Join(m, "app", "config.json"), 0o600))
+	must("delete a lower file", os.Remove(filepath.Join(m, "etc", "motd")))
+	must("rm -rf a lower dir", os.RemoveAll(filepath.Join(m, "app", "data")))
+	must("mkdir it again", os.Mkdir(filepath.Join(m, "app", "data"), 0o755))
+	must("create in it", os.WriteFile(filepath.Join(m, "app", "data", "fresh.txt"), []byte("fresh\n"), 0o644))
+	if out, err := exec.Command("mv", filepath.Join(m, "docs"), filepath.Join(m, "manual")).CombinedOutput(); err != nil {
+		t.Fatalf("mv docs manual: %v: %s", err, out)
+	}
+	must("hard link a new file", os.Link(filepath.Join(m, "notes.txt"), filepath.Join(m, "notes.link")))
+	must("hard link a copied-up file", os.Link(filepath.Join(m, "app", "config.json"), filepath.Join(m, "app", "config.hard")))
+	must("symlink", os.Symlink("etc/hostname", filepath.Join(m, "host")))
+	must("setxattr", unix.Lsetxattr(filepath.Join(m, "app", "plugin.txt"), "user.lab", []byte("yes"), 0))
+}
+
+// labDiff is `unionmount diff` after labChanges.
+const labDiff = `C /app
+A /app/config.hard
+C /app/config.json
+C /app/data
+A /app/data/fresh.txt
+D /app/data/log.txt
+D /app/data/numbers.txt
+C /app/plugin.txt
+D /docs
+C /etc
+C /etc/hostname
+D /etc/motd
+A /host
+A /manual
+A /manual/README
+A /notes.link
+A /notes.txt
+`
+
+// checkDiff runs `unionmount diff ARGS...` and compares its output.
+func checkDiff(t *testing.T, want string, args ...string) {
+	t.Helper()
+	out, errOut, err := um(nil, append([]string{"diff"}, args...)...)
+	if err != nil {
+		t.Fatalf("unionmount diff %s: %v\n%s%s", strings.Join(args, " "), err, out, errOut)
+	}
+	if out != want {
+		t.Errorf("unionmount diff %s:\n%s\nwant:\n%s", strings.Join(args, " "), out, want)
+	}
+}
+
+// checkWhich runs `unionmount which` on merged paths and compares each
+// output line.
+func checkWhich(t *testing.T, merged string, want map[string]string) {
+	t.Helper()
+	for rel, w := range want {
+		p := filepath.Join(merged, rel)
+		out, errOut, err := um(nil, "which", p)
+		if err != nil {
+			t.Errorf("unionmount which %s: %v\n%s%s", p, err, out, errOut)
+			continue
+		}
+		if want := p + ": " + w + "\n"; out != want {
+			t.Errorf("unionmount which %s:\n got  %q\n want %q", p, out, want)
+		}
+	}
+}
+
+// TestLabCommit is the teaching lab end to end: changes of every kind
+// through the mount, diff, a live commit while files are held open, the
+// layer stack as layers and which show it, writes through a handle opened
+// before the commit, a second commit, and a remount.
+func TestLabCommit(t *testing.T) {
+	needFUSE(t)
+	l := newLab(t)
+	mountUnion(t, l.lowers(), l.upper, l.merged)
+	m := l.merged
+	labChanges(t, m)
+	checkDiff(t, labDiff, m)
+
+	// Held across the commit: one file open for writing, one for reading.
+	w, err := os.OpenFile(filepath.Join(m, "etc", "hostname"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	r, err := os.Open(filepath.Join(m, "notes.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+
+	before := fullListing(t, m)
+	id, errOut := commitMount(t, nil, m, "-m", "teaching lab")
+	layer1 := filepath.Join(l.work, "layers", "1")
+	if !strings.Contains(errOut, layer1) {
+		t.Errorf("commit stderr does not name the layer %s: %q", layer1, errOut)
+	}
+	t.Logf("commit: %s %s", id, strings.TrimSpace(errOut))
+	checkListing(t, "merged view after the commit (want: as before it)", fullListing(t, m), before)
+
+	if names := dirNames(t, l.upper); len(names) > 0 {
+		t.Errorf("upper after the commit holds %v, want it empty", names)
+	}
+	// The layer holds the changes, in the overlay format.
+	if data, err := os.ReadFile(filepath.Join(layer1, "notes.txt")); err != nil || string(data) != "lab notes\n" {
+		t.Errorf("layer 1 notes.txt: %q, %v", data, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(layer1, "etc", "motd"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+		t.Errorf("layer 1 etc/motd is not a whiteout: mode %o rdev %d, %v", st.Mode, st.Rdev, err)
+	}
+	if v, err := getXattr(filepath.Join(layer1, "app", "data"), "trusted.overlay.opaque"); err != nil || v != "y" {
+		t.Errorf("layer 1 app/data is not opaque: %q, %v", v, err)
+	}
+	if _, err := os.Stat(layer1 + ".json"); err != nil {
+		t.Errorf("layer 1 has no metadata: %v", err)
+	}
+
+	rows := layersTable(t, m)
+	if len(rows) != 4 {
+		t.Fatalf("layers lists %d layers, want 4: %q", len(rows), rows)
+	}
+	layerRow(t, rows[0], "upper", "-", "-", l.upper)
+	layerRow(t, rows[1], "committed", shortOf(id), "teaching lab", layer1)
+	layerRow(t, rows[2], "lower", "-", "-", l.base)
+	layerRow(t, rows[3], "lower", "-", "-", l.extra)
+
+	checkWhich(t, m, map[string]string{
+		"notes.txt":        layer1,
+		"etc/issue":        l.base,
+		"app/plugin.txt":   layer1,
+		"etc/motd":         fmt.Sprintf("hidden by the whiteout etc/motd in %s (it is in %s)", layer1, l.base),
+		"app/data/log.txt": fmt.Sprintf("hidden by the opaque directory app/data in %s (it is in %s)", layer1, l.base),
+		"docs/README":      fmt.Sprintf("hidden by the whiteout docs in %s (it is in %s)", layer1, l.base),
+	})
+
+	// A write through the handle opened before the commit copies the
+	// file up again: the merged view changes, the layer does not.
+	frozen := layerState(t, layer1)
+	if _, err := w.WriteString("after commit\n"); err != nil {
+		t.Fatalf("write through a handle opened before the commit: %v", err)
+	}
+	baseHost, err := os.ReadFile(filepath.Join(l.base, "etc", "hostname"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantHost := string(baseHost) + "changed\nafter commit\n"
+	if data, err := os.ReadFile(filepath.Join(m, "etc", "hostname")); err != nil || string(data) != wantHost {
+		t.Errorf("merged etc/hostname after the write: %q, %v; want %q", data, err, wantHost)
+	}
+	if data, err := os.ReadFile(filepath.Join(l.upper, "etc", "hostname")); err != nil || string(data) != wantHost {
+		t.Errorf("upper etc/hostname after the write: %q, %v; want %q", data, err, wantHost)
+	}
+	if after := layerState(t, layer1); after != frozen {
+		t.Errorf("the write through an old handle changed committed layer 1: %s", firstDiffLine(frozen, after))
+	}
+	buf := make([]byte, 100)
+	if n, err := r.ReadAt(buf, 0); string(buf[:n]) != "lab notes\n" {
+		t.Errorf("read through a handle opened before the commit: %q, %v", buf[:n], err)
+	}
+	checkDiff(t, "C /etc\nC /etc/hostname\n", m)
+
+	// A second commit goes on top of the first.
+	before2 := fullListing(t, m)
+	id2, _ := commitMount(t, nil, m, "-m", "second")
+	layer2 := filepath.Join(l.work, "layers", "2")
+	checkListing(t, "merged view after the second commit", fullListing(t, m), before2)
+	if data, err := os.ReadFile(filepath.Join(layer2, "etc", "hostname")); err != nil || string(data) != wantHost {
+		t.Errorf("layer 2 etc/hostname: %q, %v; want %q", data, err, wantHost)
+	}
+	rows = layersTable(t, m)
+	if len(rows) != 5 {
+		t.Fatalf("layers lists %d layers, want 5: %q", len(rows), rows)
+	}
+	layerRow(t, rows[0], "upper", "-", "-", l.upper)
+	layerRow(t, rows[1], "committed", shortOf(id2), "second", layer2)
+	layerRow(t, rows[2], "committed", shortOf(id), "teaching lab", layer1)
+	layerRow(t, rows[3], "lower", "-", "-", l.base)
+	layerRow(t, rows[4], "lower", "-", "-", l.extra)
+	checkDiff(t, "", m)
+	frozen2 := layerState(t, layer2)
+	if _, err := w.WriteString("after the second\n"); err != nil {
+		t.Fatalf("write after the second commit: %v", err)
+	}
+	wantHost += "after the second\n"
+	if data, err := os.ReadFile(filepath.Join(m, "etc", "hostname")); err != nil || string(data) != wantHost {
+		t.Errorf("merged etc/hostname: %q, %v; want %q", data, err, wantHost)
+	}
+	if after := layerState(t, layer2); after != frozen2 {
+		t.Errorf("a write after the second commit changed layer 2: %s", firstDiffLine(frozen2, after))
+	}
+	if after := layerState(t, layer1); after != frozen {
+		t.Errorf("layer 1 changed: %s", firstDiffLine(frozen, after))
+	}
+	w.Close()
+	r.Close()
+
+	// A remount with the same arguments stacks the committed layers again.
+	final := fullListing(t, m)
+	unmount(t, m)
+	waitNoDaemon(t, m)
+	mountUnion(t, l.lowers(), l.upper, l.merged)
+	checkListing(t, "merged view after a remount", fullListing(t, m), final)
+	if rows := layersTable(t, m); len(rows) != 5 {
+		t.Errorf("after a remount, layers lists %d layers, want 5: %q", len(rows), rows)
+	}
+}
+
+// TestCommitIsRename commits an upper of 20k small files and checks that
+// each file in the new layer is the very inode that was in the upper: the
+// commit renames, it does not copy.
+func TestCommitIsRename(t *testing.T) {
+	needFUSE(t)
+	l := newLab(t)
+	const n = 20000
+	type devIno struct{ dev, ino uint64 }
+	want := map[string]devIno{}
+	for d := range 100 {
+		dir := filepath.Join(l.upper, "many", fmt.Sprintf("d%02d", d))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for f := range n / 100 {
+			p := filepath.Join(dir, fmt.Sprintf("f%03d", f))
+			if err := os.WriteFile(p, []byte(p), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var st unix.Stat_t
+			if err := unix.Lstat(p, &st); err != nil {
+				t.Fatal(err)
+			}
+			rel, _ := filepath.Rel(l.upper, p)
+			want[rel] = devIno{st.Dev, st.Ino}
+		}
+	}
+	mountUnion(t, l.lowers(), l.upper, l.merged)
+	if ents, err := os.ReadDir(filepath.Join(l.merged, "many", "d42")); err != nil || len(ents) != n/100 {
+		t.Fatalf("merged many/d42 lists %d entries, %v; want %d", len(ents), err, n/100)
+	}
+	_, errOut := commitMount(t, nil, l.merged)
+	if m := heldRE.FindStringSubmatch(errOut); m != nil {
+		t.Logf("commit of %d files: writers held %s", n, m[1])
+	}
+	layer1 := filepath.Join(l.work, "layers", "1")
+	moved := 0
+	for rel, w := range want {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(layer1, rel), &st); err != nil {
+			t.Errorf("%s is not in the layer: %v", rel, err)
+			continue
+		}
+		if (devIno{st.Dev, st.Ino}) != w {
+			moved++
+			if moved <= 5 {
+				t.Errorf("%s: in the layer dev %d ino %d, in the upper it was dev %d ino %d (copied, not renamed)",
+					rel, st.Dev, st.Ino, w.dev, w.ino)
+			}
+		}
+	}
+	if moved > 0 {
+		t.Errorf("%d of %d files were copied into the layer, not renamed", moved, n)
+	}
+	if names := dirNames(t, l.upper); len(names) > 0 {
+		t.Errorf("upper after the commit holds %v", names)
+	}
+	if ents, err := os.ReadDir(filepath.Join(l.merged, "many", "d42")); err != nil || len(ents) != n/100 {
+		t.Errorf("after the commit, merged many/d42 lists %d entries, %v; want %d", len(ents), err, n/100)
+	}
+}
+
+// errorLine checks that a failed command printed one line on stderr and
+// nothing on stdout, and exited non-zero.
+func errorLine(t *testing.T, what, stdout, stderr string, err error) {
+	t.Helper()
+	if cliExitCode(err) == 0 {
+		t.Errorf("%s succeeded, want an error; stdout %q stderr %q", what, stdout, stderr)
+		return
+	}
+	if stdout != "" {
+		t.Errorf("%s: printed %q on stdout", what, stdout)
+	}
+	if strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") {
+		t.Errorf("%s: stderr is not one line: %q", what, stderr)
+	}
+	t.Logf("%s: %s", what, strings.TrimSpace(stderr))
+}
+
+// TestCommitErrors checks that commit and which refuse what they cannot
+// do with one line on stderr and a non-zero exit, writing nothing.
+func TestCommitErrors(t *testing.T) {
+	t.Run("not a mount", func(t *testing.T) {
+		l := newLab(t)
+		if err := os.WriteFile(filepath.Join(l.merged, "f"), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before := treeState(t, l.root)
+		out, errOut, err := um(nil, "commit", l.merged, "-m", "no")
+		errorLine(t, "commit of a plain directory", out, errOut, err)
+		out, errOut, err = um(nil, "commit", l.merged)
+		errorLine(t, "commit of a plain directory", out, errOut, err)
+		if d := treeChanges(before, treeState(t, l.root)); len(d) > 0 {
+			t.Errorf("a failed commit wrote: %v", d)
+		}
+	})
+	t.Run("another filesystem", func(t *testing.T) {
+		// The mount point of a filesystem that is not unionmount.
+		out, errOut, err := um(nil, "commit", "/proc")
+		errorLine(t, "commit of /proc", out, errOut, err)
+	})
+	t.Run("read-only mount", func(t *testing.T) {
+		needFUSE(t)
+		l := newLab(t)
+		mountUnion(t, l.lowers(), l.merged)
+		before := treeState(t, l.root)
+		out, errOut, err := um(nil, "commit", l.merged)
+		errorLine(t, "commit of a read-only mount", out, errOut, err)
+		if d := treeChanges(before, treeState(t, l.root)); len(d) > 0 {
+			t.Errorf("a failed commit wrote: %v", d)
+		}
+		out, errOut, err = um(nil, "diff", l.merged)
+		errorLine(t, "diff of a read-only mount", out, errOut, err)
+	})
+	t.Run("read-only mount with an upper", func(t *testing.T) {
+		needFUSE(t)
+		l := newLab(t)
+		if err := os.WriteFile(filepath.Join(l.upper, "u"), []byte("upper\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mountUnion(t, "--read-only", l.lowers(), l.upper, l.merged)
+		before := treeState(t, l.root)
+		out, errOut, err := um(nil, "commit", l.merged)
+		errorLine(t, "commit of a --read-only mount", out, errOut, err)
+		if d := treeChanges(before, treeState(t, l.root)); len(d) > 0 {
+			t.Errorf("a failed commit wrote: %v", d)
+		}
+	})
+	t.Run("missing upper", func(t *testing.T) {
+		l := newLab(t)
+		before := treeState(t, l.root)
+		missing := filepath.Join(l.root, "nosuchupper")
+		out, errOut, err := um(nil, "commit", l.lowers(), missing)
+		errorLine(t, "offline commit of a missing upper", out, errOut, err)
+		out, errOut, err = um(nil, "commit", l.lowers(), missing, "-w", filepath.Join(l.root, "w"))
+		errorLine(t, "offline commit of a missing upper with -w", out, errOut, err)
+		out, errOut, err = um(nil, "commit", l.base+":"+filepath.Join(l.root, "nosuchlower"), l.upper)
+		errorLine(t, "offline commit over a missing lower", out, errOut, err)
+		if d := treeChanges(before, treeState(t, l.root)); len(d) > 0 {
+			t.Errorf("a failed commit wrote: %v", d)
+		}
+	})
+	t.Run("which outside a mount", func(t *testing.T) {
+		l := newLab(t)
+		out, errOut, err := um(nil, "which", filepath.Join(l.base, "etc", "issue"))
+		errorLine(t, "which of a path outside any mount", out, errOut, err)
+		out, errOut, err = um(nil, "which", filepath.Join(l.root, "no", "such", "path"))
+		errorLine(t, "which of a missing path outside any mount", out, errOut, err)
+		out, errOut, err = um(nil, "layers", l.merged)
+		errorLine(t, "layers of a plain directory", out, errOut, err)
+	})
+	t.Run("which of a path no layer has", func(t *testing.T) {
+		needFUSE(t)
+		l := newLab(t)
+		mountUnion(t, l.lowers(), l.upper, l.merged)
+		out, errOut, err := um(nil, "which", filepath.Join(l.merged, "nosuchfile"))
+		errorLine(t, "which of a path no layer has", out, errOut, err)
+	})
+}
