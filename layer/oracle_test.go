@@ -34,11 +34,13 @@ func requireOracle(t *testing.T) {
 	}
 }
 
-// overlayMount mounts kernel overlayfs over lowers (top-most first) with
-// a fresh upper, and returns the merged directory and the upper. Features
-// that an upper walk cannot read (redirect_dir, metacopy) and the inode
-// index are off, whatever the kernel's defaults.
-func overlayMount(t *testing.T, lowers []string) (merged, upper string) {
+// overlayMount mounts an overlay filesystem over lowers (top-most first)
+// with a fresh upper, and returns the merged directory and the upper. With
+// fuse, fuse-overlayfs serves it (as root it writes every opaque marker it
+// knows), otherwise kernel overlayfs, with the features an upper walk
+// cannot read (redirect_dir, metacopy) and the inode index off, whatever
+// the kernel's defaults.
+func overlayMount(t *testing.T, lowers []string, fuse bool) (merged, upper string) {
 	t.Helper()
 	base := t.TempDir()
 	upper, work, merged := filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "merged")
@@ -47,9 +49,16 @@ func overlayMount(t *testing.T, lowers []string) (merged, upper string) {
 			t.Fatal(err)
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=off,index=off,metacopy=off",
-		strings.Join(lowers, ":"), upper, work)
-	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), upper, work)
+	if fuse {
+		if _, err := exec.LookPath("fuse-overlayfs"); err != nil {
+			t.Skip("needs fuse-overlayfs (apt-get install fuse-overlayfs)")
+		}
+		// It daemonizes once the mount is up.
+		if out, err := exec.Command("fuse-overlayfs", "-o", opts, merged).CombinedOutput(); err != nil {
+			t.Skipf("cannot mount fuse-overlayfs: %v\n%s", err, out)
+		}
+	} else if err := unix.Mount("overlay", merged, "overlay", 0, opts+",redirect_dir=off,index=off,metacopy=off"); err != nil {
 		t.Skipf("cannot mount kernel overlayfs: %v", err)
 	}
 	t.Cleanup(func() {
@@ -142,13 +151,13 @@ func ociImage(t *testing.T, dir, tag string, layers [][]byte) {
 // ops on a kernel overlay mount of them, commits every lower and the upper
 // with Write, unpacks the image with umoci and compares its tree with the
 // merged view the kernel showed.
-func oracle(t *testing.T, bottomUp [][]writeOp, ops func(t *testing.T, merged string)) {
+func oracle(t *testing.T, fuse bool, bottomUp [][]writeOp, ops func(t *testing.T, merged string)) {
 	t.Helper()
 	var lowers []string // top-most first
 	for _, l := range bottomUp {
 		lowers = append([]string{buildLayer(t, l)}, lowers...)
 	}
-	merged, upper := overlayMount(t, lowers)
+	merged, upper := overlayMount(t, lowers, fuse)
 	_, before := treeLines(t, merged)
 	ops(t, merged)
 	want := treeList(t, merged)
@@ -267,23 +276,34 @@ func do(t *testing.T, what string, err error) {
 	}
 }
 
-// TestOracleUmoci covers the §7 rows with the kernel writing the upper.
+// TestOracleUmoci covers the §7 rows with kernel overlayfs, then
+// fuse-overlayfs, writing the upper.
 func TestOracleUmoci(t *testing.T) {
 	requireOracle(t)
+	t.Run("kernel", func(t *testing.T) { oracleRows(t, false) })
+	t.Run("fuse-overlayfs", func(t *testing.T) { oracleRows(t, true) })
+}
+
+func oracleRows(t *testing.T, fuse bool) {
+	long := long255
+	if fuse {
+		// fuse-overlayfs keeps 4 bytes for ".wh." (statfs f_namemax 251).
+		long = long255[:251]
+	}
 	base := []writeOp{
 		fx.File("etc/passwd", "root:x:0:0\n"), fx.File("etc/group", "root:x:0\n"), fx.File("etc/app/conf", "c"),
 		fx.File("bin/tool", "#!tool"), fx.Chmod("bin/tool", 0o755), fx.Link("bin/tool-link", "bin/tool"),
 		fx.Symlink("bin/sh", "tool"),
 		fx.File("usr/share/doc/a", "a"), fx.File("usr/share/doc/b", "b"), fx.File("usr/share/man/m", "m"),
 		fx.File("dir2file/inner/f", "f"), fx.File("file2dir", "f"), fx.File("opq/one", "1"), fx.File("opq/sub/two", "2"),
-		fx.File("del/d1/f", "f"), fx.File("del/d2", "f"), fx.File("lf", "lower file"), fx.File(long255, "long"),
+		fx.File("del/d1/f", "f"), fx.File("del/d2", "f"), fx.File("lf", "lower file"), fx.File(long, "long"),
 		fx.File("var/log/x", "x"), fx.Node("dev/null", unix.S_IFCHR|0o666, 1, 3), fx.Xattr("etc/passwd", "user.base", "b"),
 	}
 	middle := []writeOp{
 		fx.Dir("usr"), fx.Dir("usr/share"), fx.Dir("usr/share/doc"), fx.Whiteout("usr/share/doc/b"),
 		fx.Opaque("var"), fx.File("var/log/y", "y"), fx.File("etc/motd", "hi"),
 	}
-	oracle(t, [][]writeOp{base, middle}, func(t *testing.T, m string) {
+	oracle(t, fuse, [][]writeOp{base, middle}, func(t *testing.T, m string) {
 		p := func(rel string) string { return filepath.Join(m, rel) }
 		do(t, "modify", os.WriteFile(p("etc/passwd"), []byte("root:x:0:0\nu:x:1000:1000\n"), 0o644))
 		do(t, "chmod", os.Chmod(p("etc/group"), 0o600))
@@ -320,8 +340,8 @@ func TestOracleUmoci(t *testing.T) {
 		do(t, "sparse", err)
 		do(t, "sparse", f.Close())
 		do(t, "long dir", os.MkdirAll(p(long100+"/"+long100), 0o755))
-		do(t, "long name", os.WriteFile(p("etc/"+long255), []byte("l"), 0o644))
-		do(t, "rm long", os.Remove(p(long255)))
+		do(t, "long name", os.WriteFile(p("etc/"+long), []byte("l"), 0o644))
+		do(t, "rm long", os.Remove(p(long)))
 		do(t, "non-UTF-8", os.WriteFile(p("caf\xe9\xff"), []byte("bytes"), 0o644))
 		do(t, "create", os.WriteFile(p("tmp-gone"), nil, 0o644))
 		do(t, "and delete", os.Remove(p("tmp-gone")))
@@ -336,7 +356,8 @@ func TestOracleUmoci(t *testing.T) {
 func TestOracleUmociRandom(t *testing.T) {
 	requireOracle(t)
 	for _, seed := range []uint64{1, 2, 3, 4} {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+		fuse := seed%2 == 0
+		t.Run(fmt.Sprintf("%d/fuse=%v", seed, fuse), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, 42))
 			name := func() string { return string(rune('a' + r.IntN(5))) }
 			var base []writeOp
@@ -351,7 +372,7 @@ func TestOracleUmociRandom(t *testing.T) {
 					base = append(base, fx.File(p, fmt.Sprint("base ", r.Int())))
 				}
 			}
-			oracle(t, [][]writeOp{base}, func(t *testing.T, m string) {
+			oracle(t, fuse, [][]writeOp{base}, func(t *testing.T, m string) {
 				for range 60 {
 					rel := name() + "/" + name()
 					if r.IntN(2) == 0 {
