@@ -212,3 +212,38 @@ func tarEntries(t *testing.T, r io.Reader) []string {
 		names = append(names, hdr.Name)
 	}
 }
+
+// mergedView mounts kernel overlayfs read-only over lowers (top-most
+// first), an independent reader of cow's lower format, and returns the
+// mount point; it is unmounted at the end of the test.
+func mergedView(t *testing.T, lowers []string) string {
+	t.Helper()
+	needRoot(t, "kernel overlayfs mounts")
+	merged := t.TempDir()
+	// One empty lower more: a mount without upper needs two lowers on
+	// older kernels.
+	opts := "lowerdir=" + strings.Join(append(slices.Clone(lowers), t.TempDir()), ":") + ",redirect_dir=off,index=off,metacopy=off"
+	if err := unix.Mount("overlay", merged, "overlay", unix.MS_RDONLY, opts); err != nil {
+		t.Skipf("cannot mount kernel overlayfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(merged, 0); err != nil {
+			t.Errorf("unmount %s: %v", merged, err)
+		}
+	})
+	return merged
+}
+
+// checkMerged checks that the image's layers, stacked by kernel
+// overlayfs, show the tree want.
+func checkMerged(t *testing.T, s *Store, img *Image, want string) {
+	t.Helper()
+	lowers, err := s.Lowers(img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	merged := mergedView(t, lowers)
+	if got, want := treeList(t, merged), treeList(t, want); got != want {
+		t.Errorf("merged view of %s:\n%s\nwant:\n%s", img.Name, got, want)
+	}
+}
