@@ -341,13 +341,21 @@ func (cw *committer) data(rel string, size int64) error {
 		return err
 	}
 	defer f.Close()
-	n, err := io.CopyN(cw.tw, f, size)
-	cw.stats.Bytes += n
-	if errors.Is(err, io.EOF) {
-		return fmt.Errorf("%s: shrank to %d bytes while being written to the layer", f.Name(), n)
-	}
-	if err != nil {
-		return fmt.Errorf("write %s to the layer: %w", f.Name(), err)
+	// In chunks, so that a big file shows progress.
+	const chunk = 64 << 20
+	for done := int64(0); done < size; {
+		n, err := io.CopyN(cw.tw, f, min(chunk, size-done))
+		done += n
+		cw.stats.Bytes += n
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s: shrank to %d bytes while being written to the layer", f.Name(), done)
+		}
+		if err != nil {
+			return fmt.Errorf("write %s to the layer: %w", f.Name(), err)
+		}
+		if cw.opt.Progress != nil && done < size {
+			cw.opt.Progress(cw.stats.Entries, cw.stats.Bytes)
+		}
 	}
 	return nil
 }

@@ -478,6 +478,21 @@ func TestWrite(t *testing.T) {
 		},
 		want: []string{"d/", "d/.wh..wh..opq", "e/", "e/.wh..wh..opq"},
 	}, {
+		name:   "opaque root",
+		lowers: [][]writeOp{{fx.File("x", "x")}},
+		upper:  []writeOp{fx.Opaque(""), fx.File("y", "y")},
+		want:   []string{".wh..wh..opq", "y"},
+	}, {
+		name:   "explicit replacement: a marker beside the directory",
+		lowers: [][]writeOp{{fx.File("c/x", "x"), fx.File("f", "f")}},
+		upper:  []writeOp{fx.Marker(".wh.c"), fx.Dir("c"), fx.File("c/y", "y"), fx.Marker(".wh.f"), fx.Dir("f")},
+		want:   []string{"c/", "c/.wh..wh..opq", "c/y", "f/"},
+	}, {
+		name:   "one name of a lower hard link pair changed",
+		lowers: [][]writeOp{{fx.File("a", "old"), fx.Link("b", "a")}},
+		upper:  []writeOp{fx.File("a", "new")},
+		want:   []string{"a 0 0644 0:0 3"},
+	}, {
 		name:  "redirect refused",
 		upper: []writeOp{fx.Dir("moved"), fx.Xattr("moved", "trusted.overlay.redirect", "/old")},
 		errno: unix.ENOTSUP,
