@@ -67,12 +67,12 @@ func (c *changeset) changes(d *dirState, out *[]Change) error {
 				return strings.Compare(e.Name, name)
 			})
 			if !found || d.entries[i].Whiteout {
-				*out = append(*out, Change{Kind: 'D', Path: "/" + join(d.rel, le.Name)})
+				*out = append(*out, Change{Kind: 'D', Path: "/" + commitJoin(d.rel, le.Name)})
 			}
 		}
 	}
 	for _, e := range d.entries {
-		rel := join(d.rel, e.Name)
+		rel := commitJoin(d.rel, e.Name)
 		before, err := c.below(d, e.Name)
 		if err != nil {
 			return err

@@ -69,7 +69,7 @@ func overlayMount(t *testing.T, lowers []string, fuse bool) (merged, upper strin
 	return merged, upper
 }
 
-func unmount(t *testing.T, dir string) {
+func oracleUnmount(t *testing.T, dir string) {
 	t.Helper()
 	if err := unix.Unmount(dir, 0); err != nil {
 		t.Fatalf("unmount %s: %v", dir, err)
@@ -162,7 +162,7 @@ func oracle(t *testing.T, fuse bool, bottomUp [][]writeOp, ops func(t *testing.T
 	ops(t, merged)
 	want := treeList(t, merged)
 	_, after := treeLines(t, merged)
-	unmount(t, merged)
+	oracleUnmount(t, merged)
 	checkChanges(t, upper, lowers, before, after)
 
 	var layers [][]byte
@@ -267,9 +267,9 @@ func lineDiff(want, got string) string {
 	return b.String()
 }
 
-// do runs a step of an oracle scenario on the merged view; any failure
+// oracleDo runs a step of an oracle scenario on the merged view; any failure
 // ends the test.
-func do(t *testing.T, what string, err error) {
+func oracleDo(t *testing.T, what string, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatalf("%s: %v", what, err)
@@ -305,48 +305,48 @@ func oracleRows(t *testing.T, fuse bool) {
 	}
 	oracle(t, fuse, [][]writeOp{base, middle}, func(t *testing.T, m string) {
 		p := func(rel string) string { return filepath.Join(m, rel) }
-		do(t, "modify", os.WriteFile(p("etc/passwd"), []byte("root:x:0:0\nu:x:1000:1000\n"), 0o644))
-		do(t, "chmod", os.Chmod(p("etc/group"), 0o600))
-		do(t, "rm file", os.Remove(p("etc/app/conf")))
-		do(t, "rm -rf dir", os.RemoveAll(p("del")))
-		do(t, "rm -rf opq", os.RemoveAll(p("opq")))
-		do(t, "mkdir opq", os.Mkdir(p("opq"), 0o750))
-		do(t, "recreate", os.WriteFile(p("opq/new"), []byte("n"), 0o644))
-		do(t, "rm -rf usr/share", os.RemoveAll(p("usr/share")))
-		do(t, "mkdir -p", os.MkdirAll(p("usr/share/doc/x"), 0o755))
-		do(t, "rm -rf dir2file", os.RemoveAll(p("dir2file")))
-		do(t, "dir to file", os.WriteFile(p("dir2file"), []byte("file now"), 0o644))
-		do(t, "rm file2dir", os.Remove(p("file2dir")))
-		do(t, "file to dir", os.MkdirAll(p("file2dir/sub"), 0o755))
-		do(t, "write in it", os.WriteFile(p("file2dir/sub/x"), []byte("x"), 0o644))
-		do(t, "symlink", os.Symlink(longTgt, p("etc/long-link")))
-		do(t, "symlink", os.Symlink("../etc/passwd", p("bin/rel-link")))
-		do(t, "ln lowerfile new", os.Link(p("lf"), p("lf-new")))
-		do(t, "new file", os.WriteFile(p("h1"), []byte("linked"), 0o640))
-		do(t, "hard link", os.Link(p("h1"), p("etc/h2")))
-		do(t, "cap file", os.WriteFile(p("capbin"), []byte("bin"), 0o755))
-		do(t, "setcap", unix.Setxattr(p("capbin"), "security.capability", []byte(capV2), 0))
-		do(t, "user xattr", unix.Setxattr(p("etc/passwd"), "user.mine", []byte("1"), 0))
-		do(t, "trusted xattr", unix.Setxattr(p("etc/group"), "trusted.mine", []byte("t"), 0))
-		do(t, "owner file", os.WriteFile(p("owned"), []byte("o"), 0o644))
-		do(t, "chown", os.Lchown(p("owned"), 3000000, 3000001))
-		do(t, "mkfifo", unix.Mkfifo(p("fifo"), 0o640))
-		do(t, "mknod c", unix.Mknod(p("dev/zero"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 5))))
-		do(t, "mknod b", unix.Mknod(p("dev/loop9"), unix.S_IFBLK|0o660, int(unix.Mkdev(7, 9))))
-		do(t, "rm dev", os.Remove(p("dev/null")))
+		oracleDo(t, "modify", os.WriteFile(p("etc/passwd"), []byte("root:x:0:0\nu:x:1000:1000\n"), 0o644))
+		oracleDo(t, "chmod", os.Chmod(p("etc/group"), 0o600))
+		oracleDo(t, "rm file", os.Remove(p("etc/app/conf")))
+		oracleDo(t, "rm -rf dir", os.RemoveAll(p("del")))
+		oracleDo(t, "rm -rf opq", os.RemoveAll(p("opq")))
+		oracleDo(t, "mkdir opq", os.Mkdir(p("opq"), 0o750))
+		oracleDo(t, "recreate", os.WriteFile(p("opq/new"), []byte("n"), 0o644))
+		oracleDo(t, "rm -rf usr/share", os.RemoveAll(p("usr/share")))
+		oracleDo(t, "mkdir -p", os.MkdirAll(p("usr/share/doc/x"), 0o755))
+		oracleDo(t, "rm -rf dir2file", os.RemoveAll(p("dir2file")))
+		oracleDo(t, "dir to file", os.WriteFile(p("dir2file"), []byte("file now"), 0o644))
+		oracleDo(t, "rm file2dir", os.Remove(p("file2dir")))
+		oracleDo(t, "file to dir", os.MkdirAll(p("file2dir/sub"), 0o755))
+		oracleDo(t, "write in it", os.WriteFile(p("file2dir/sub/x"), []byte("x"), 0o644))
+		oracleDo(t, "symlink", os.Symlink(longTgt, p("etc/long-link")))
+		oracleDo(t, "symlink", os.Symlink("../etc/passwd", p("bin/rel-link")))
+		oracleDo(t, "ln lowerfile new", os.Link(p("lf"), p("lf-new")))
+		oracleDo(t, "new file", os.WriteFile(p("h1"), []byte("linked"), 0o640))
+		oracleDo(t, "hard link", os.Link(p("h1"), p("etc/h2")))
+		oracleDo(t, "cap file", os.WriteFile(p("capbin"), []byte("bin"), 0o755))
+		oracleDo(t, "setcap", unix.Setxattr(p("capbin"), "security.capability", []byte(capV2), 0))
+		oracleDo(t, "user xattr", unix.Setxattr(p("etc/passwd"), "user.mine", []byte("1"), 0))
+		oracleDo(t, "trusted xattr", unix.Setxattr(p("etc/group"), "trusted.mine", []byte("t"), 0))
+		oracleDo(t, "owner file", os.WriteFile(p("owned"), []byte("o"), 0o644))
+		oracleDo(t, "chown", os.Lchown(p("owned"), 3000000, 3000001))
+		oracleDo(t, "mkfifo", unix.Mkfifo(p("fifo"), 0o640))
+		oracleDo(t, "mknod c", unix.Mknod(p("dev/zero"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 5))))
+		oracleDo(t, "mknod b", unix.Mknod(p("dev/loop9"), unix.S_IFBLK|0o660, int(unix.Mkdev(7, 9))))
+		oracleDo(t, "rm dev", os.Remove(p("dev/null")))
 		f, err := os.Create(p("sparse"))
-		do(t, "sparse", err)
+		oracleDo(t, "sparse", err)
 		_, err = f.WriteAt([]byte("tail"), 4<<20)
-		do(t, "sparse", err)
-		do(t, "sparse", f.Close())
-		do(t, "long dir", os.MkdirAll(p(long100+"/"+long100), 0o755))
-		do(t, "long name", os.WriteFile(p("etc/"+long), []byte("l"), 0o644))
-		do(t, "rm long", os.Remove(p(long)))
-		do(t, "non-UTF-8", os.WriteFile(p("caf\xe9\xff"), []byte("bytes"), 0o644))
-		do(t, "create", os.WriteFile(p("tmp-gone"), nil, 0o644))
-		do(t, "and delete", os.Remove(p("tmp-gone")))
-		do(t, "rm middle's file", os.Remove(p("var/log/y")))
-		do(t, "rename file", os.Rename(p("etc/motd"), p("etc/motd.old")))
+		oracleDo(t, "sparse", err)
+		oracleDo(t, "sparse", f.Close())
+		oracleDo(t, "long dir", os.MkdirAll(p(long100+"/"+long100), 0o755))
+		oracleDo(t, "long name", os.WriteFile(p("etc/"+long), []byte("l"), 0o644))
+		oracleDo(t, "rm long", os.Remove(p(long)))
+		oracleDo(t, "non-UTF-8", os.WriteFile(p("caf\xe9\xff"), []byte("bytes"), 0o644))
+		oracleDo(t, "create", os.WriteFile(p("tmp-gone"), nil, 0o644))
+		oracleDo(t, "and delete", os.Remove(p("tmp-gone")))
+		oracleDo(t, "rm middle's file", os.Remove(p("var/log/y")))
+		oracleDo(t, "rename file", os.Rename(p("etc/motd"), p("etc/motd.old")))
 	})
 }
 

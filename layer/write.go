@@ -48,7 +48,7 @@ func Write(w io.Writer, upper string, lowers []string, opt Options) (Stats, erro
 	}
 	defer c.close()
 	tw := tar.NewWriter(w)
-	cw := &committer{changeset: c, tw: tw, opt: opt, links: map[devIno]*tar.Header{}}
+	cw := &committer{changeset: c, tw: tw, opt: opt, links: map[commitInode]*tar.Header{}}
 	root, err := c.root()
 	if err != nil {
 		return cw.stats, err
@@ -137,14 +137,14 @@ func (c *changeset) below(d *dirState, name string) (*cow.Object, error) {
 // the lowers: it needs an opaque marker in a layer.
 func (d *dirState) hidesLower() bool { return d.opaque && d.parentShown && d.before != nil }
 
-func join(dir, name string) string {
+func commitJoin(dir, name string) string {
 	if dir == "" {
 		return name
 	}
 	return dir + "/" + name
 }
 
-type devIno struct{ dev, ino uint64 }
+type commitInode struct{ dev, ino uint64 }
 
 // committer writes one layer tar.
 type committer struct {
@@ -154,7 +154,7 @@ type committer struct {
 	stats Stats
 	// links maps a file with several names to the header of the first
 	// name written.
-	links map[devIno]*tar.Header
+	links map[commitInode]*tar.Header
 	// lastProgress is stats.Entries at the last Progress call.
 	lastProgress int
 }
@@ -162,7 +162,7 @@ type committer struct {
 // walk writes the entries of the directory d and of everything below it.
 func (cw *committer) walk(d *dirState) error {
 	if d.hidesLower() {
-		if err := cw.marker(join(d.rel, cow.OCIOpaqueMarker)); err != nil {
+		if err := cw.marker(commitJoin(d.rel, cow.OCIOpaqueMarker)); err != nil {
 			return err
 		}
 	}
@@ -176,7 +176,7 @@ func (cw *committer) walk(d *dirState) error {
 				return err
 			}
 			if o != nil {
-				if err := cw.marker(join(d.rel, cow.OCIWhiteoutPrefix+e.Name)); err != nil {
+				if err := cw.marker(commitJoin(d.rel, cow.OCIWhiteoutPrefix+e.Name)); err != nil {
 					return err
 				}
 			}
@@ -186,7 +186,7 @@ func (cw *committer) walk(d *dirState) error {
 		if e.Whiteout {
 			continue
 		}
-		rel := join(d.rel, e.Name)
+		rel := commitJoin(d.rel, e.Name)
 		if err := cw.entry(rel, &e.Stat); err != nil {
 			return err
 		}
@@ -235,7 +235,7 @@ func (cw *committer) entry(rel string, st *unix.Stat_t) error {
 		}
 		return nil
 	}
-	key := devIno{st.Dev, st.Ino}
+	key := commitInode{st.Dev, st.Ino}
 	if typ != unix.S_IFDIR && st.Nlink > 1 {
 		if first, ok := cw.links[key]; ok {
 			h := *first

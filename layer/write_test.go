@@ -245,7 +245,7 @@ func checkCanonical(t *testing.T, b []byte, ents []tarEntry, st Stats) {
 				t.Errorf("%q comes after %q of the same directory", h.Name, last)
 			}
 			if base != ".wh..wh..opq" {
-				whiteouts[join(dir, strings.TrimPrefix(base, ".wh."))] = true
+				whiteouts[commitJoin(dir, strings.TrimPrefix(base, ".wh."))] = true
 			}
 		} else {
 			lastNonMarker[dir] = h.Name
@@ -276,9 +276,9 @@ func hasXattrs(h *tar.Header) bool {
 	return false
 }
 
-// render describes the entries of a layer, one line each: name, then
+// renderLayer describes the entries of a layer, one line each: name, then
 // type, permissions and owner, then size, link or device, then xattrs.
-func render(ents []tarEntry) []string {
+func renderLayer(ents []tarEntry) []string {
 	var out []string
 	for _, e := range ents {
 		h := e.Header
@@ -320,7 +320,7 @@ func asMe(want []string) []string {
 	return out
 }
 
-func names(ents []tarEntry) []string {
+func layerNames(ents []tarEntry) []string {
 	var out []string
 	for _, e := range ents {
 		out = append(out, e.Name)
@@ -518,9 +518,9 @@ func TestWrite(t *testing.T) {
 				return
 			}
 			_, ents := writeLayer(t, upper, lowers, opt)
-			got, want := names(ents), c.want
+			got, want := layerNames(ents), c.want
 			if strings.Contains(c.want[0], " ") {
-				got, want = render(ents), asMe(c.want)
+				got, want = renderLayer(ents), asMe(c.want)
 			}
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Errorf("layer:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
