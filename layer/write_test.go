@@ -340,7 +340,7 @@ var (
 
 // TestWrite covers the commit rows of layers.md §7, each a subtest: the
 // lowers (top-most first) and the upper are built by hand in the format
-// kernel overlayfs writes, and want is the layer rendered by render, or
+// kernel overlayfs writes, and want is the layer rendered by renderLayer, or
 // its names when the lines have no spaces.
 func TestWrite(t *testing.T) {
 	cases := []struct {
