@@ -35,7 +35,9 @@ import (
 //   - the other names of a file with several names in the upper as hard
 //     links (type 1) to the first one written, with the same header
 //     fields; names the file still has in a lower stay out (the link is
-//     broken, as kernel overlayfs with index=off leaves it);
+//     broken, as kernel overlayfs with index=off leaves it; Write reads
+//     no work directory, so the lower names that cow's link index serves
+//     a copy to must be put in the upper first to be committed);
 //   - FIFOs, devices and symlinks as they are. Sockets are left out with a
 //     warning (a tar cannot hold one); sparse files are written in full.
 //
