@@ -19,8 +19,10 @@
 //
 //	layers/DIFFID-HEX/   an unpacked layer in cow's lower format, named
 //	                     after its diff_id (the sha256 of the uncompressed
-//	                     layer tar); a cache derived from the layer blobs,
-//	                     filled by Lowers, used as the lowers of a mount
+//	                     layer tar), derived from the layer blobs: made by
+//	                     load and import, by Lowers for committed images
+//	                     and those other tools put in (or adopted from a
+//	                     commit's upper); the lowers of an image mount
 //	staging/             work in progress, one directory per transaction
 //	lock                 flock(2) serializing the writers' final steps
 //	containers/*/layers  written by image mounts: the diff_ids (one per

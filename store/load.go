@@ -43,8 +43,9 @@ type loader struct {
 // docker-save tar (manifest.json, as docker and skopeo write it), an OCI
 // image layout tar (oci-layout and index.json, as skopeo's oci-archive
 // writes it), or both in one (as docker >= 25 and Save write). Everything
-// is verified before anything is published; on any error the store is
-// left as it was. progress, if set, overrides the Store's Progress.
+// is verified, and the layers unpacked, before anything is published; on
+// any error the store is left as it was. progress, if set, overrides the
+// Store's Progress.
 func (s *Store) Load(r io.Reader, progress func(Progress)) ([]*Image, error) {
 	if progress != nil {
 		s2 := *s
@@ -268,10 +269,17 @@ func (l *loader) verifyLayers(m *v1.Manifest, c *v1.Image) error {
 		if err := l.src.stageBlob(l.t, desc); err != nil {
 			return fmt.Errorf("layer %d: %w", i+1, err)
 		}
-		if p := l.t.s.Progress; p != nil {
-			p(Progress{Op: "verify", Item: desc.Digest.String(), Total: desc.Size})
+		// A layer not yet unpacked is unpacked now: layer.Apply refuses
+		// what a layer must not do (escaping paths, links out of the
+		// layer), so a hostile layer fails the load, not a later mount.
+		_, staged := l.t.layers[id]
+		_, err := os.Lstat(l.t.s.layerPath(id))
+		if err == nil || staged {
+			err = l.t.verifyLayer(desc, id, nil)
+		} else {
+			err = l.t.unpackLayer(desc, id, os.Geteuid() != 0)
 		}
-		if err := l.t.verifyLayer(desc, id, nil); err != nil {
+		if err != nil {
 			return fmt.Errorf("layer %d: %w", i+1, err)
 		}
 		l.verified[key] = true
