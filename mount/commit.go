@@ -248,7 +248,8 @@ func enclosingMount(abs string) (mp, rel string, err error) {
 
 // Layer is one layer of a stack as ListLayers describes it.
 type Layer struct {
-	// Role is "upper", "committed" or "lower".
+	// Role is "upper", "committed", "image" (a layer of the mount's
+	// image) or "lower".
 	Role string
 	Dir  string
 	// Meta is set for committed layers that were hashed; a lower's
@@ -276,7 +277,13 @@ func ListLayers(merged string) ([]Layer, error) {
 			out = append(out, countLayer("committed", d))
 			continue
 		}
-		out = append(out, countLayer("lower", d))
+		l := countLayer("lower", d)
+		if in.Store != "" && filepath.Dir(d) == filepath.Join(in.Store, "layers") {
+			// An image's layer, unpacked in the store under its
+			// diff_id.
+			l.Role, l.Meta.ID = "image", "sha256:"+filepath.Base(d)
+		}
+		out = append(out, l)
 	}
 	return out, nil
 }

@@ -28,6 +28,9 @@ func Run(o *Options) error {
 	if report := daemonReport(); report != nil {
 		return runDaemon(o, report)
 	}
+	if err := o.resolveImage(); err != nil {
+		return err
+	}
 	if err := o.Validate(); err != nil {
 		return err
 	}
@@ -200,6 +203,9 @@ func detachStderr(logFile string) {
 }
 
 func validateAndMount(o *Options) (*Union, error) {
+	if err := o.resolveImage(); err != nil {
+		return nil, err
+	}
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}

@@ -117,6 +117,14 @@ func (o *Options) Parse(args []string, mountOpts []string) error {
 
 	var lowers string
 	switch {
+	case o.Image != "" && haveLowerdir:
+		return fmt.Errorf("--image %s and lowerdir= given together", o.Image)
+	case o.Image != "" && len(pos) == 1:
+		o.Mountpoint = pos[0]
+	case o.Image != "" && len(pos) == 2:
+		upperdir, o.Mountpoint = pos[0], pos[1]
+	case o.Image != "":
+		return fmt.Errorf("with --image, expected [UPPER] MERGED, got %d arguments", len(pos))
 	case haveLowerdir && len(pos) == 1:
 		lowers, o.Mountpoint = lowerdir, pos[0]
 	case haveLowerdir && len(pos) == 2:
@@ -141,8 +149,10 @@ func (o *Options) Parse(args []string, mountOpts []string) error {
 		return fmt.Errorf("too many arguments: expected LOWER[:LOWER...] [UPPER] MERGED, got %d", len(pos))
 	}
 	o.Upper = upperdir
-	if o.Lowers, err = SplitLowers(lowers); err != nil {
-		return err
+	if o.Image == "" {
+		if o.Lowers, err = SplitLowers(lowers); err != nil {
+			return err
+		}
 	}
 	if o.Upper == "" && o.Work != "" {
 		return fmt.Errorf("workdir %s given without an upper directory", o.Work)

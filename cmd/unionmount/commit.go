@@ -12,6 +12,7 @@ import (
 
 	"github.com/unionmount/unionmount/layer"
 	"github.com/unionmount/unionmount/mount"
+	"github.com/unionmount/unionmount/store"
 )
 
 var commitCommand = &cli.Command{
@@ -41,15 +42,33 @@ Examples:
 		&cli.StringFlag{Name: "author", Aliases: []string{"a"}, Usage: "author"},
 		&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "work directory of an unmounted upper (default: DIR/.NAME.work)"},
 		&cli.BoolFlag{Name: "userxattr", DisableDefaultText: true, Usage: "an unmounted upper keeps the union's xattrs in user.* (default when not root)"},
+		&cli.StringFlag{Name: "tag", Aliases: []string{"t"}, Usage: "also store the mount as image `NAME[:TAG]`: its image's layers (or one per lower directory) and the committed ones"},
+		storeFlag,
 	},
 	Action: func(c *cli.Context) error {
 		o := mount.CommitOptions{Message: c.String("message"), Author: c.String("author"), Progress: progress("hashing")}
 		var res *mount.Committed
 		var err error
-		switch c.NArg() {
-		case 1:
+		switch {
+		case c.NArg() == 1 && c.String("tag") != "":
+			var img *store.Image
+			res, img, err = mount.CommitImage(c.Args().First(), c.String("tag"), c.String("store"), o)
+			endProgress()
+			if err != nil {
+				if res != nil {
+					return fmt.Errorf("committed %s as %s, but not stored as an image: %w", c.Args().First(), res.Meta.ID, err)
+				}
+				return err
+			}
+			fmt.Println(res.Meta.ID)
+			fmt.Fprintf(os.Stderr, "committed %s; writers held %s; image %s (%s)\n",
+				res.Dir, res.Meta.Held.Round(time.Microsecond), img.Name, img.ID())
+			return nil
+		case c.NArg() == 1:
 			res, err = mount.CommitMount(c.Args().First(), o)
-		case 2:
+		case c.NArg() == 2 && c.String("tag") != "":
+			return usageError(c, "--tag needs a live mount: commit it offline, mount it, then commit --tag")
+		case c.NArg() == 2:
 			lowers, lerr := mount.SplitLowers(c.Args().Get(0))
 			if lerr != nil {
 				return lerr

@@ -10,6 +10,7 @@ const mountUsage = "mount a union of directories, overlayfs style, with FUSE"
 
 const mountUsageText = `unionmount [options] LOWER[:LOWER...] [UPPER] MERGED
 unionmount [options] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER[,workdir=WORK]] [SOURCE] MERGED
+unionmount [options] --image NAME [UPPER] MERGED
 unionmount umount MERGED`
 
 const mountDescription = `Mounts on MERGED the union of the LOWER directories, leftmost on top, and of
@@ -61,6 +62,8 @@ var mountFlags = []cli.Flag{
 	&cli.BoolFlag{Name: "default-permissions", DisableDefaultText: true, Usage: "let the kernel check permissions (default as root)"},
 	&cli.BoolFlag{Name: "no-default-permissions", DisableDefaultText: true, Usage: "do not ask the kernel to check permissions"},
 	&cli.BoolFlag{Name: "userxattr", DisableDefaultText: true, Usage: "keep the union's xattrs in user.* (default when not root)"},
+	&cli.StringFlag{Name: "image", Aliases: []string{"i"}, Usage: "mount the layers of image `NAME` from the store as the lowers; without UPPER, in a fresh container layer"},
+	storeFlag,
 }
 
 func mountAction(c *cli.Context) error {
@@ -73,6 +76,8 @@ func mountAction(c *cli.Context) error {
 	o.AllowOther = (o.AllowOther || c.Bool("allow-other")) && !c.Bool("no-allow-other")
 	o.DefaultPermissions = (o.DefaultPermissions || c.Bool("default-permissions")) && !c.Bool("no-default-permissions")
 	o.UserXattr = o.UserXattr || c.Bool("userxattr")
+	o.Image = c.String("image")
+	o.Store = c.String("store")
 	if err := o.Parse(c.Args().Slice(), c.StringSlice("options")); err != nil {
 		return err
 	}

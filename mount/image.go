@@ -1,0 +1,163 @@
+package mount
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/unionmount/unionmount/store"
+)
+
+// Mounting an image: "unionmount --image NAME [UPPER] MERGED" mounts the
+// image's layers, unpacked in the store, as the lowers. Without an UPPER
+// the mount gets a fresh container layer, STORE/containers/ID/upper with
+// its workdir beside it, and the file STORE/containers/ID/layers lists the
+// layers the container uses, so that removing the image keeps them.
+
+// containerEnv passes the container directory that the command made to
+// the daemon it starts, which parses the same command line.
+const containerEnv = "_UNIONMOUNT_CONTAINER"
+
+// resolveImage replaces o.Image by its layers in o.Lowers and, without an
+// upper, creates the container layer.
+func (o *Options) resolveImage() error {
+	if o.Image == "" {
+		return nil
+	}
+	if len(o.Lowers) > 0 {
+		return fmt.Errorf("--image %s and lower directories given together", o.Image)
+	}
+	if o.Store == "" {
+		o.Store = store.DefaultDir()
+	}
+	s, err := store.Open(o.Store)
+	if err != nil {
+		return err
+	}
+	img, err := s.Image(o.Image)
+	if err != nil {
+		return err
+	}
+	lowers, err := s.Lowers(img, o.UserXattr)
+	if err != nil {
+		return err
+	}
+	if len(lowers) == 0 {
+		// An image without layers is an empty directory.
+		empty := filepath.Join(o.Store, "containers", "empty")
+		if err := os.MkdirAll(empty, 0o755); err != nil {
+			return err
+		}
+		lowers = []string{empty}
+	}
+	o.Lowers = lowers
+	if o.Upper != "" || o.ReadOnly {
+		return nil
+	}
+	dir := os.Getenv(containerEnv)
+	if dir == "" {
+		if dir, err = newContainer(o.Store, img.Name, lowers); err != nil {
+			return err
+		}
+		os.Setenv(containerEnv, dir)
+		fmt.Fprintf(os.Stderr, "unionmount: container layer %s\n", filepath.Join(dir, "upper"))
+	}
+	o.Upper = filepath.Join(dir, "upper")
+	o.Work = filepath.Join(dir, "work")
+	return nil
+}
+
+// newContainer makes STORE/containers/ID with an empty upper and records
+// the layers it stacks on.
+func newContainer(storeDir, image string, lowers []string) (string, error) {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(storeDir, "containers", hex.EncodeToString(b[:]))
+	if err := os.MkdirAll(filepath.Join(dir, "upper"), 0o755); err != nil {
+		return "", fmt.Errorf("create container layer: %w", err)
+	}
+	var ids []string
+	for _, l := range lowers {
+		ids = append(ids, filepath.Base(l))
+	}
+	info := fmt.Sprintf("image %s\ncreated %s\n", image, time.Now().UTC().Format(time.RFC3339))
+	if err := os.WriteFile(filepath.Join(dir, "image"), []byte(info), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "layers"), []byte(strings.Join(ids, "\n")+"\n"), 0o644); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+// CommitImage commits the live mount on merged (as CommitMount) and
+// stores the result as the image tag in its store (or storeDir, for a
+// mount of plain directories): the mount's image, if it has one, plus its
+// committed layers; a mount of plain directories gets one layer per lower
+// directory, bottom-up, then the committed ones. Layers the store has
+// already are shared, not copied.
+func CommitImage(merged, tag, storeDir string, o CommitOptions) (*Committed, *store.Image, error) {
+	c, err := CommitMount(merged, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	in, err := MountInfo(merged)
+	if err != nil {
+		return c, nil, err
+	}
+	if in.Store != "" {
+		storeDir = in.Store
+	}
+	if storeDir == "" {
+		storeDir = store.DefaultDir()
+	}
+	s, err := store.Open(storeDir)
+	if err != nil {
+		return c, nil, err
+	}
+	var parent *store.Image
+	var base int // lowers[base:] are in parent
+	if in.Image != "" {
+		if parent, err = s.Image(in.Image); err != nil {
+			return c, nil, fmt.Errorf("the mount's image: %w", err)
+		}
+		base = in.Committed
+	} else {
+		base = len(in.Lowers)
+	}
+	created := time.Now().UTC().Truncate(time.Second)
+	if e := SourceDateEpoch(); e != nil {
+		created = *e
+	}
+	var layers []store.NewLayer
+	for i := base - 1; i >= 0; i-- {
+		dir := in.Lowers[i]
+		nl := store.NewLayer{Dir: dir, Lowers: in.Lowers[i+1:], Created: created, Author: o.Author}
+		if i < in.Committed {
+			m, _ := readMeta(dir)
+			nl.Comment, nl.Created = m.Message, m.Created
+			nl.CreatedBy = "unionmount commit"
+			if m.Author != "" {
+				nl.Author = m.Author
+			}
+		} else {
+			nl.CreatedBy = "unionmount commit: lower directory " + dir
+		}
+		layers = append(layers, nl)
+	}
+	if len(layers) == 0 {
+		return c, nil, errors.New("nothing to store")
+	}
+	img, err := s.Commit(parent, layers, tag)
+	if err != nil {
+		return c, nil, err
+	}
+	return c, img, nil
+}
