@@ -247,3 +247,23 @@ func checkMerged(t *testing.T, s *Store, img *Image, want string) {
 		t.Errorf("merged view of %s:\n%s\nwant:\n%s", img.Name, got, want)
 	}
 }
+
+// checkExport checks that Export of the image, unpacked by GNU tar, is the
+// tree want.
+func checkExport(t *testing.T, s *Store, img *Image, want string) {
+	t.Helper()
+	tmp := t.TempDir()
+	f, err := os.Create(filepath.Join(tmp, "export.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := s.Export(img, f); err != nil {
+		t.Fatal(err)
+	}
+	got := filepath.Join(tmp, "rootfs")
+	extractTar(t, f.Name(), got)
+	if got, want := treeList(t, got), treeList(t, want); got != want {
+		t.Errorf("export of %s:\n%s\nwant:\n%s", img.Name, got, want)
+	}
+}

@@ -79,6 +79,7 @@ func checkLoaded(t *testing.T, s *Store, name, want string) {
 		t.Fatalf("%d lowers for %d layers", len(lowers), len(img.Manifest.Layers))
 	}
 	checkMerged(t, s, img, want)
+	checkExport(t, s, img, want)
 }
 
 func TestLoadLayoutUmoci(t *testing.T) {

@@ -189,6 +189,16 @@ func TestCommitUmociUnpacks(t *testing.T) {
 	}
 }
 
+func TestExport(t *testing.T) {
+	needRoot(t, "the test image has root-owned files and trusted xattrs")
+	s := newStore(t)
+	_, child := commitTestImages(t, s)
+	want := filepath.Join(t.TempDir(), "want")
+	buildMerged(t, want)
+	checkExport(t, s, child, want)
+	checkMerged(t, s, child, want)
+}
+
 func TestCommitReproducible(t *testing.T) {
 	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 	var digests []string
