@@ -5,8 +5,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -401,4 +404,222 @@ func TestCommitErrors(t *testing.T) {
 		out, errOut, err := um(nil, "which", filepath.Join(l.merged, "nosuchfile"))
 		errorLine(t, "which of a path no layer has", out, errOut, err)
 	})
+}
+
+// TestCommitConcurrent commits 20 times while writers keep creating,
+// appending to (through handles held open across every commit and through
+// fresh ones) and renaming files through the mount. No writer may see an
+// error, every write must be in the merged view exactly once, before and
+// after a remount, and no committed layer may change after its commit.
+func TestCommitConcurrent(t *testing.T) {
+	needFUSE(t)
+	l := newLabIn(t, tmpfsDir(t, 256<<20))
+	mountUnion(t, l.lowers(), l.upper, l.merged)
+	m := l.merged
+
+	const writers, commits = 4, 20
+	type writer struct {
+		n    int // files created
+		errs []error
+		want map[string]string // file name -> content
+		log  strings.Builder   // what the held handle appended
+	}
+	ws := make([]*writer, writers)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range ws {
+		w := &writer{want: map[string]string{}}
+		ws[i] = w
+		dir := filepath.Join(m, fmt.Sprintf("w%d", i))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		logf, err := os.OpenFile(filepath.Join(dir, "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer logf.Close()
+			fail := func(err error) bool {
+				if err != nil {
+					w.errs = append(w.errs, err)
+				}
+				return err != nil
+			}
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(5 * time.Millisecond): // a few thousand files in all
+				}
+				name := fmt.Sprintf("f%04d", k)
+				data := fmt.Sprintf("writer %d file %d\n", i, k)
+				if fail(os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644)) {
+					return
+				}
+				w.want[name] = data
+				w.n++
+				line := fmt.Sprintf("%d\n", k)
+				if _, err := logf.WriteString(line); fail(err) {
+					return
+				}
+				w.log.WriteString(line)
+				if k%3 == 1 {
+					// Rename an older file, by now likely in a committed layer.
+					old := fmt.Sprintf("f%04d", k-1)
+					nw := fmt.Sprintf("g%04d", k-1)
+					if fail(os.Rename(filepath.Join(dir, old), filepath.Join(dir, nw))) {
+						return
+					}
+					w.want[nw] = w.want[old]
+					delete(w.want, old)
+				}
+				if k >= 5 && k%5 == 0 {
+					// Append through a fresh handle to a file created earlier.
+					name := fmt.Sprintf("f%04d", k-5)
+					if _, ok := w.want[name]; !ok {
+						name = fmt.Sprintf("g%04d", k-5)
+					}
+					f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_APPEND, 0)
+					if fail(err) {
+						return
+					}
+					_, err = f.WriteString("appended\n")
+					if cerr := f.Close(); err == nil {
+						err = cerr
+					}
+					if fail(err) {
+						return
+					}
+					w.want[name] += "appended\n"
+				}
+			}
+		}()
+	}
+
+	states := make([]string, commits)
+	for c := range commits {
+		time.Sleep(20 * time.Millisecond)
+		out, errOut, err := um(nil, "commit", m)
+		if err != nil || !idRE.MatchString(out) {
+			t.Errorf("commit %d: %v\n%s%s", c+1, err, out, errOut)
+			break
+		}
+		states[c] = layerState(t, filepath.Join(l.work, "layers", strconv.Itoa(c+1)))
+	}
+	close(stop)
+	wg.Wait()
+
+	check := func(when string) {
+		t.Helper()
+		for i, w := range ws {
+			dir := filepath.Join(m, fmt.Sprintf("w%d", i))
+			for _, e := range w.errs {
+				t.Errorf("writer %d: %v", i, e)
+			}
+			want := map[string]string{"log": w.log.String()}
+			for k, v := range w.want {
+				want[k] = v
+			}
+			got := map[string]string{}
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+				if err != nil {
+					t.Errorf("%s: %v", e.Name(), err)
+				}
+				got[e.Name()] = string(data)
+			}
+			bad := 0
+			for name, w := range want {
+				if g, ok := got[name]; !ok {
+					t.Errorf("%s: w%d/%s is missing", when, i, name)
+					bad++
+				} else if g != w {
+					t.Errorf("%s: w%d/%s is %q, want %q", when, i, name, g, w)
+					bad++
+				}
+				if bad > 10 {
+					t.Fatalf("too many errors")
+				}
+			}
+			for name := range got {
+				if _, ok := want[name]; !ok {
+					t.Errorf("%s: w%d/%s should not exist", when, i, name)
+				}
+			}
+		}
+	}
+	total := 0
+	for _, w := range ws {
+		total += w.n
+	}
+	t.Logf("%d commits while %d writers created %d files", commits, writers, total)
+	check("after the commits")
+	for c, s := range states {
+		if s == "" {
+			continue
+		}
+		if now := layerState(t, filepath.Join(l.work, "layers", strconv.Itoa(c+1))); now != s {
+			t.Errorf("committed layer %d changed after its commit: %s", c+1, firstDiffLine(s, now))
+		}
+	}
+	unmount(t, m)
+	mountUnion(t, l.lowers(), l.upper, l.merged)
+	check("after a remount")
+	if rows := layersTable(t, m); len(rows) != commits+3 {
+		t.Errorf("layers lists %d layers, want %d", len(rows), commits+3)
+	}
+}
+
+// emptyLayerID is the diff_id of the empty layer tar (1024 zero bytes).
+const emptyLayerID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+
+// TestCommitReproducible checks that the same changes committed in two
+// labs, with SOURCE_DATE_EPOCH set, get the same id, and that an empty
+// upper commits as the empty layer.
+func TestCommitReproducible(t *testing.T) {
+	needFUSE(t)
+	epoch := []string{"SOURCE_DATE_EPOCH=1600000000"}
+	var ids []string
+	for i := range 3 {
+		if i == 2 {
+			time.Sleep(1100 * time.Millisecond) // other mtimes than the first two labs'
+		}
+		l := newLab(t)
+		mountUnion(t, l.lowers(), l.upper, l.merged)
+		labChanges(t, l.merged)
+		env := epoch
+		if i == 2 {
+			env = []string{"SOURCE_DATE_EPOCH="}
+		}
+		id, _ := commitMount(t, env, l.merged, "-m", fmt.Sprintf("lab %d", i))
+		ids = append(ids, id)
+		if i == 0 {
+			// Nothing changed since: the empty layer.
+			if id, _ := commitMount(t, env, l.merged); id != emptyLayerID {
+				t.Errorf("commit of an empty upper: %s, want %s", id, emptyLayerID)
+			}
+		}
+	}
+	if ids[0] != ids[1] {
+		t.Errorf("the same changes with SOURCE_DATE_EPOCH got two ids: %s and %s", ids[0], ids[1])
+	}
+	t.Logf("with SOURCE_DATE_EPOCH: %s; without: %s", ids[0], ids[2])
+
+	// The empty layer, live and offline.
+	l := newLab(t)
+	mountUnion(t, l.lowers(), l.upper, l.merged)
+	if id, _ := commitMount(t, nil, l.merged); id != emptyLayerID {
+		t.Errorf("live commit of a fresh empty upper: %s, want %s", id, emptyLayerID)
+	}
+	l2 := newLab(t)
+	if id, _ := commitMount(t, nil, l2.lowers(), l2.upper); id != emptyLayerID {
+		t.Errorf("offline commit of an empty upper: %s, want %s", id, emptyLayerID)
+	}
 }
