@@ -15,12 +15,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// exportTestLayers applies two layers: a base, and a change of it with
-// whiteouts, an opaque directory, replacements and hard links. It returns
-// them top-most first.
-func exportTestLayers(t testing.TB) []string {
+// exportTestCap is a security.capability value (revision 2,
+// cap_net_raw permitted and effective).
+const exportTestCap = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+
+// exportTestTars returns two layer tars: a base, and a change of it with
+// whiteouts, an opaque directory, replacements, hard links, xattrs and
+// special files.
+func exportTestTars(t testing.TB) (top, base []byte) {
 	t.Helper()
-	base := apTar(t,
+	base = apTar(t,
 		apDir("etc/", 0o755),
 		apFile("etc/passwd", 0o644, "root:x:0:0\n"),
 		apFile("etc/shadow", 0o600, "secret"),
@@ -33,26 +37,43 @@ func exportTestLayers(t testing.TB) []string {
 		apFile("keep/link1", 0o640, "shared"),
 		apLink("keep/link2", "keep/link1"),
 		apLink("keep/link3", "keep/link1"),
+		apDir("dir2file/", 0o755),
 		apFile("dir2file/inner", 0o644, "inner"),
 		apFile("file2dir", 0o644, "file"),
 		apSymlink("sym", "etc/passwd"),
+		apDir("dev/", 0o755),
+		apEnt{Header: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3}},
+		apEnt{Header: tar.Header{Typeflag: tar.TypeBlock, Name: "dev/loop7", Mode: 0o660, Uid: 0, Gid: 6, Devmajor: 7, Devminor: 7}},
+		apDir("run/", 0o755),
+		apEnt{Header: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o620}},
 	)
-	top := apTar(t,
+	top = apTar(t,
 		apDir("etc/", 0o750),
 		apWhiteout("etc/shadow"),
 		apXattrs(apFile("etc/hosts", 0o644, "127.0.0.1 localhost\n"), "user.origin", "top"),
 		apDir("opq/", 0o700),
 		apFile("opq/.wh..wh..opq", 0, ""),
 		apFile("opq/new", 0o644, "new"),
+		apDir("keep/", 0o755),
 		apWhiteout("keep/link3"),
 		apWhiteout("dir2file"),
 		apFile("dir2file", 0o644, "now a file"),
 		apWhiteout("file2dir"),
 		apDir("file2dir/", 0o755),
 		apFile("file2dir/x", 0o644, "x"),
-		apOwned(apFile("bin/tool", 0o755, "tool"), 1000, 100),
+		apDir("bin/", 0o755),
+		apXattrs(apOwned(apFile("bin/tool", 0o755, "tool"), 1000, 100), "security.capability", exportTestCap),
 		apLink("bin/tool2", "bin/tool"),
+		apWhiteout("run"),
 	)
+	return top, base
+}
+
+// exportTestLayers applies exportTestTars and returns the layer
+// directories, top-most first.
+func exportTestLayers(t testing.TB) []string {
+	t.Helper()
+	top, base := exportTestTars(t)
 	parent := t.TempDir()
 	var dirs []string
 	for i, b := range [][]byte{top, base} {
@@ -68,8 +89,11 @@ func exportTestLayers(t testing.TB) []string {
 // exportTestWant is the merged view of exportTestLayers.
 var exportTestWant = []string{
 	`"bin" d 0755 0:0`,
-	`"bin/tool" f 0755 1000:100 size=4 sha256=7c9bbe5ec9b3fb77 link=bin/tool`,
-	`"bin/tool2" f 0755 1000:100 size=4 sha256=7c9bbe5ec9b3fb77 link=bin/tool`,
+	`"bin/tool" f 0755 1000:100 size=4 sha256=7c9bbe5ec9b3fb77 security.capability=0100000200200000002000000000000000000000 link=bin/tool`,
+	`"bin/tool2" f 0755 1000:100 size=4 sha256=7c9bbe5ec9b3fb77 security.capability=0100000200200000002000000000000000000000 link=bin/tool`,
+	`"dev" d 0755 0:0`,
+	`"dev/loop7" b 0660 0:6 rdev=7,7`,
+	`"dev/null" c 0666 0:0 rdev=1,3`,
 	`"dir2file" f 0644 0:0 size=10 sha256=92af885f330ed4b1`,
 	`"etc" d 0750 0:0`,
 	`"etc/hosts" f 0644 0:0 size=20 sha256=081ef9d5367595d1 user.origin=746f70`,
@@ -127,7 +151,7 @@ func TestExportFlattensLayers(t *testing.T) {
 			}
 		}
 	}
-	wantNames := []string{"bin/", "bin/tool", "bin/tool2", "dir2file", "etc/", "etc/hosts", "etc/passwd",
+	wantNames := []string{"bin/", "bin/tool", "bin/tool2", "dev/", "dev/loop7", "dev/null", "dir2file", "etc/", "etc/hosts", "etc/passwd",
 		"file2dir/", "file2dir/x", "keep/", "keep/a", "keep/link1", "keep/link2", "opq/", "opq/new", "sym"}
 	if !slices.Equal(names, wantNames) {
 		t.Errorf("order %q, want %q", names, wantNames)
