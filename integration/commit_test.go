@@ -623,3 +623,135 @@ func TestCommitReproducible(t *testing.T) {
 		t.Errorf("offline commit of an empty upper: %s, want %s", id, emptyLayerID)
 	}
 }
+
+// TestCommitForeignUpper makes the lab's changes on a kernel overlayfs
+// mount (and on fuse-overlayfs, when installed), unmounts it, commits the
+// upper it left offline, and checks that a unionmount mount of the same
+// lowers, upper and workdir shows what the writer showed, as does a
+// read-only kernel mount of the committed layer over the lowers.
+func TestCommitForeignUpper(t *testing.T) {
+	needRoot(t)
+	needFUSE(t)
+	// The id of the same changes made through unionmount: with
+	// SOURCE_DATE_EPOCH every writer's upper must give the same layer.
+	epoch := []string{"SOURCE_DATE_EPOCH=1600000000"}
+	ul := newLab(t)
+	mountUnion(t, ul.lowers(), ul.upper, ul.merged)
+	labChanges(t, ul.merged)
+	unionID, _ := commitMount(t, epoch, ul.merged)
+	for _, writer := range []string{"kernel", "fuse-overlayfs"} {
+		t.Run(writer, func(t *testing.T) {
+			needFUSE(t)
+			l := newLab(t)
+			kwork := filepath.Join(l.root, "kwork")
+			wmnt := filepath.Join(l.root, "writer")
+			for _, d := range []string{kwork, wmnt} {
+				if err := os.Mkdir(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", l.lowers(), l.upper, kwork)
+			switch writer {
+			case "kernel":
+				mountStack(t, "kernel", opts, wmnt)
+			default:
+				exe, err := exec.LookPath("fuse-overlayfs")
+				if err != nil {
+					t.Skip("fuse-overlayfs not installed (apt-get install fuse-overlayfs)")
+				}
+				if out, err := exec.Command(exe, "-o", opts, wmnt).CombinedOutput(); err != nil {
+					t.Fatalf("fuse-overlayfs -o %s %s: %v: %s", opts, wmnt, err, out)
+				}
+				t.Cleanup(func() { unmount(t, wmnt) })
+				defer func() {
+					// Its daemon must be gone before the upper is committed.
+					deadline := time.Now().Add(10 * time.Second)
+					for len(daemons(t, exe, wmnt)) > 0 && time.Now().Before(deadline) {
+						time.Sleep(20 * time.Millisecond)
+					}
+				}()
+			}
+			labChanges(t, wmnt)
+			want, err := takeSnapshot(wmnt, snapMerged)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unmount(t, wmnt)
+			if writer != "kernel" {
+				exe, _ := exec.LookPath("fuse-overlayfs")
+				deadline := time.Now().Add(10 * time.Second)
+				for len(daemons(t, exe, wmnt)) > 0 {
+					if time.Now().After(deadline) {
+						t.Fatalf("fuse-overlayfs for %s still running after unmount", wmnt)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+
+			checkDiff(t, labDiff, l.lowers(), l.upper)
+			uwork := filepath.Join(l.root, "uwork")
+			id, errOut := commitMount(t, epoch, l.lowers(), l.upper, "-w", uwork, "-m", "from "+writer)
+			t.Logf("offline commit of the %s upper: %s %s", writer, id, strings.TrimSpace(errOut))
+			if id != unionID {
+				t.Errorf("the lab's changes made by %s commit as %s, made by unionmount as %s", writer, id, unionID)
+			}
+			layer1 := filepath.Join(uwork, "layers", "1")
+			if names := dirNames(t, l.upper); len(names) > 0 {
+				t.Errorf("upper after the commit holds %v", names)
+			}
+
+			mountStack(t, "union", fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", l.lowers(), l.upper, uwork), l.merged)
+			got, err := takeSnapshot(l.merged, snapMerged)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if writer != "kernel" {
+				dropFuseOverlayfsXattrs(got)
+			}
+			reportDiffs(t, "unionmount over the committed "+writer+" upper",
+				diffSnapshots(got, want, writer+" before the commit", cmpOpts{ino: true}), nil)
+			rows := layersTable(t, l.merged)
+			if len(rows) != 4 {
+				t.Fatalf("layers lists %d layers, want 4: %q", len(rows), rows)
+			}
+			layerRow(t, rows[1], "committed", shortOf(id), "from "+writer, layer1)
+			checkDiff(t, "", l.merged)
+
+			// The committed layer is an ordinary overlay lower.
+			kro := filepath.Join(l.root, "kro")
+			if err := os.Mkdir(kro, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			mountStack(t, "kernel", "ro,lowerdir="+layer1+":"+l.lowers(), kro)
+			gotK, err := takeSnapshot(kro, snapForeign)
+			if err != nil {
+				// A whiteout left inside an opaque directory of a lower is
+				// listed by the kernel but cannot be looked up.
+				t.Fatalf("kernel overlayfs over the committed layer cannot list it: %v; it lists app/data as %v",
+					err, dirNames(t, filepath.Join(kro, "app", "data")))
+			}
+			if writer != "kernel" {
+				dropFuseOverlayfsXattrs(gotK)
+			}
+			reportDiffs(t, "kernel overlayfs read-only over the committed layer",
+				diffSnapshots(gotK, want, writer+" before the commit", cmpOpts{ino: true, noDino: true}), nil)
+		})
+	}
+}
+
+// dropFuseOverlayfsXattrs removes fuse-overlayfs's bookkeeping xattrs
+// (user.fuseoverlayfs.origin) from a snapshot. fuse-overlayfs hides them in
+// its own mount; the kernel, mounting its upper, shows them as any user.*
+// xattr, and unionmount does as the kernel does. (The layer tar leaves
+// them out.)
+func dropFuseOverlayfsXattrs(s snapshot) {
+	for _, o := range s {
+		var keep []string
+		for _, x := range strings.Split(o.xattrs, " ") {
+			if x != "" && !strings.HasPrefix(x, "user.fuseoverlayfs.") {
+				keep = append(keep, x)
+			}
+		}
+		o.xattrs = strings.Join(keep, " ")
+	}
+}
