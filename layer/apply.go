@@ -162,9 +162,9 @@ type applyDir struct {
 
 // applyDrop counts the entries that lost one kind of metadata as rootless.
 type applyDrop struct {
-	n     int
-	first string
-	err   error
+	n           int
+	first, last string
+	err         error
 }
 
 // applier is the state of one Apply.
@@ -667,7 +667,10 @@ func (a *applier) drop(kind, name string, err error) bool {
 		d = &applyDrop{first: name, err: err}
 		a.drops[kind] = d
 	}
-	d.n++
+	if d.last != name {
+		d.last = name
+		d.n++
+	}
 	return true
 }
 

@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -344,5 +346,102 @@ func TestApplyDirectoryModeAfterChildren(t *testing.T) {
 		if i >= len(got) || !strings.HasPrefix(got[i], w) {
 			t.Fatalf("listing %q, want lines starting %q", got, want)
 		}
+	}
+}
+
+// TestApplyUnprivileged runs Apply as an unprivileged user (nobody, in a
+// child process of this test binary) with Rootless: devices become
+// placeholders, the ownership and the xattrs the kernel refuses are dropped
+// with a summary warning, and whiteouts and user.overlay.opaque still work
+// (mknod of 0/0 is allowed unprivileged since Linux 5.8).
+func TestApplyUnprivileged(t *testing.T) {
+	if os.Getenv("LAYER_APPLY_CHILD") != "" {
+		apUnprivilegedChild(t, os.Getenv("LAYER_APPLY_CHILD"))
+		return
+	}
+	apRequireRoot(t)
+	// The child must reach both the binary and the directory.
+	work, err := os.MkdirTemp("", "layer-unprivileged-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(work) })
+	if err := os.Chmod(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(work, "layer.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(work, "out")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestApplyUnprivileged$", "-test.v")
+	cmd.Env = append(os.Environ(), "LAYER_APPLY_CHILD="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestApplyUnprivileged") {
+		t.Fatalf("unprivileged child: %v\n%s", err, out)
+	}
+}
+
+func apUnprivilegedChild(t *testing.T, parent string) {
+	if os.Geteuid() == 0 {
+		t.Fatal("child runs as root")
+	}
+	b := apTar(t,
+		apDir("ro/", 0o555),
+		apOwned(apFile("ro/rootfile", 0o4755, "x"), 0, 0),
+		apXattrs(apFile("capfile", 0o755, "y"), "security.capability", exportTestCap, "trusted.t", "v", "user.u", "w"),
+		apEnt{Header: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3}},
+		apWhiteout("gone"),
+		apDir("opq/", 0o755),
+		apFile("opq/.wh..wh..opq", 0, ""),
+	)
+	var warns []string
+	dir := filepath.Join(parent, "layer")
+	_, err := Apply(bytes.NewReader(b), dir, ApplyOptions{Rootless: true, UserXattr: true,
+		Warn: func(m string) { warns = append(warns, m) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := os.Geteuid()
+	got := applyTreeList(t, dir)
+	want := []string{
+		fmt.Sprintf(`"capfile" f 0755 %d:%d size=1 sha256=a1fce4363854ff88 user.u=77`, uid, uid),
+		fmt.Sprintf(`"dev" d 0755 %d:%d`, uid, uid),
+		fmt.Sprintf(`"dev/null" f 0666 %d:%d size=0 sha256=e3b0c44298fc1c14`, uid, uid),
+		fmt.Sprintf(`"gone" c 0000 %d:%d rdev=0,0`, uid, uid),
+		fmt.Sprintf(`"opq" d 0755 %d:%d`, uid, uid),
+		fmt.Sprintf(`"ro" d 0555 %d:%d`, uid, uid),
+		// chmod by the owner keeps setuid: only chown would clear it.
+		fmt.Sprintf(`"ro/rootfile" f 4755 %d:%d size=1 sha256=2d711642b726b044`, uid, uid),
+	}
+	applyDiff(t, "unprivileged layer", got, want)
+	if v := apOpaque(filepath.Join(dir, "opq"), "user.overlay.opaque"); v != "y" {
+		t.Errorf("opq: user.overlay.opaque = %q, want y", v)
+	}
+	joined := strings.Join(warns, "\n")
+	for _, w := range []string{"device 1:3 unpacked as an empty regular file", "owner of ", "xattr of 1 entries not set"} {
+		if !strings.Contains(joined, w) {
+			t.Errorf("no warning %q in %q", w, warns)
+		}
+	}
+	// A failed unprivileged apply leaves nothing, read-only directories
+	// included.
+	bad := append(apTar(t, apDir("ro2/", 0o500), apFile("ro2/f", 0o400, "x"))[:1536:1536], bytes.Repeat([]byte{1}, 512)...)
+	if _, err := Apply(bytes.NewReader(bad), filepath.Join(parent, "bad"), ApplyOptions{Rootless: true}); err == nil {
+		t.Fatal("Apply of a corrupt tar succeeded")
+	}
+	if ents, _ := os.ReadDir(parent); len(ents) != 1 {
+		t.Errorf("left behind: %v", ents)
 	}
 }
