@@ -47,8 +47,10 @@ const applyChunk = 128 << 10
 //
 // Semantics: missing parents are created as directories 0755 owned by
 // root; a whiteout of a path this layer also creates is dropped (a layer's
-// whiteouts hide the layers below only), and so is one inside a directory
-// this layer marks opaque or deletes; xattrs come from the PAX records
+// whiteouts hide the layers below only), except that a directory deleted
+// and created again becomes opaque, as applying the layer in order would
+// leave it; a whiteout inside a directory this layer marks opaque or
+// deletes is dropped too; xattrs come from the PAX records
 // SCHILY.xattr.*, except those in the overlay namespaces
 // (trusted.overlay.*, user.overlay.*, user.fuseoverlayfs.*), which a layer
 // must not use to smuggle markers in; ownership is set before the mode
@@ -770,12 +772,14 @@ func (a *applier) finish() error {
 	return nil
 }
 
-// whiteout makes the whiteout for w unless this layer makes it pointless:
-// w is an entry of this layer, or an ancestor is opaque or deleted here.
+// whiteout makes the whiteout for w unless this layer makes it pointless
+// (an ancestor is opaque or deleted here, or w is a non-directory of this
+// layer), or marks w opaque when this layer makes it a directory again.
+// Whiteouts come sorted, so a directory's comes before those inside it.
 func (a *applier) whiteout(w string, opaque, deleted map[string]bool) error {
 	dirRel, base := applySplit(w)
 	name := applyJoin(dirRel, cow.OCIWhiteoutPrefix+base)
-	if _, ok := a.objs[w]; ok || opaque[""] {
+	if opaque[""] {
 		return nil
 	}
 	for i := 0; i <= len(dirRel); i++ {
@@ -797,6 +801,27 @@ func (a *applier) whiteout(w string, opaque, deleted map[string]bool) error {
 			a.warnf("layer entry %q: whiteout below a non-directory of the layer, dropped", name)
 			return nil
 		}
+	}
+	switch k, made := a.objs[w]; {
+	case made && (k == applyImplied || k == applyDirectory):
+		// Deleted and made again in this layer: the new directory
+		// must not merge with the one below (OCI's explicit form of
+		// an opaque directory, layer.md "Applying Changesets").
+		if opaque[w] {
+			return nil
+		}
+		fd, err := a.openBeneath(w)
+		if err != nil {
+			return entryErr(name, "open: %w", err)
+		}
+		defer unix.Close(fd)
+		if err := cow.MarkOpaque(fd, ".", a.opt.UserXattr); err != nil {
+			return entryErr(name, "%w", err)
+		}
+		opaque[w] = true
+		return nil
+	case made:
+		return nil // replaced by this layer's own entry
 	}
 	fd, err := a.openDir(name, dirRel)
 	if err != nil {

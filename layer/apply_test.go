@@ -75,6 +75,9 @@ func TestApplyWritesCowFormat(t *testing.T) {
 		apFile("same", 0o644, "mine"),
 		apWhiteout("gone"),
 		apWhiteout("gone/inner"), // below a deleted dir: dropped
+		apWhiteout("redo"),       // deleted and made again: opaque
+		apDir("redo/", 0o755),
+		apWhiteout("redo/x"), // inside it: dropped
 		apOwned(apXattrs(apFile("bin/ping", 0o4755, "\x7fELF"), "security.capability",
 			"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", "user.note", "hi"), 1000, 1000),
 		apLink("bin/ping2", "bin/ping"),
@@ -92,7 +95,7 @@ func TestApplyWritesCowFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Stats{Entries: 19, Files: 5, Bytes: int64(len("root:x:0:0\n") + 3 + 4 + 4)}); got != want {
+	if want := (Stats{Entries: 22, Files: 5, Bytes: int64(len("root:x:0:0\n") + 3 + 4 + 4)}); got != want {
 		t.Errorf("stats %+v, want %+v", got, want)
 	}
 	if len(warns) != 0 {
@@ -114,6 +117,7 @@ func TestApplyWritesCowFormat(t *testing.T) {
 		`"gone" c 0000 0:0 rdev=0,0`,
 		`"opq" d 0750 0:0`,
 		`"opq/new" f 0600 0:0 size=3 sha256=11507a0e2f5e69d5`,
+		`"redo" d 0755 0:0`,
 		`"run" d 0755 0:0`,
 		`"run/fifo" p 0620 0:0`,
 		`"same" f 0644 0:0 size=4 sha256=3fd30542fe3f61b1`,
@@ -126,6 +130,9 @@ func TestApplyWritesCowFormat(t *testing.T) {
 	}
 	if v := apOpaque(filepath.Join(dir, "opq"), "trusted.overlay.opaque"); v != "y" {
 		t.Errorf("opq: trusted.overlay.opaque = %q, want y", v)
+	}
+	if v := apOpaque(filepath.Join(dir, "redo"), "trusted.overlay.opaque"); v != "y" {
+		t.Errorf("redo: trusted.overlay.opaque = %q, want y", v)
 	}
 	if v := apOpaque(filepath.Join(dir, "etc"), "trusted.overlay.opaque"); v != "" {
 		t.Errorf("etc: trusted.overlay.opaque = %q, want none", v)

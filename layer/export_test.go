@@ -39,6 +39,8 @@ func exportTestTars(t testing.TB) (top, base []byte) {
 		apLink("keep/link3", "keep/link1"),
 		apDir("dir2file/", 0o755),
 		apFile("dir2file/inner", 0o644, "inner"),
+		apDir("redo/", 0o755),
+		apFile("redo/old", 0o644, "old"),
 		apFile("file2dir", 0o644, "file"),
 		apSymlink("sym", "etc/passwd"),
 		apDir("dev/", 0o755),
@@ -61,6 +63,9 @@ func exportTestTars(t testing.TB) (top, base []byte) {
 		apWhiteout("file2dir"),
 		apDir("file2dir/", 0o755),
 		apFile("file2dir/x", 0o644, "x"),
+		apWhiteout("redo"),
+		apDir("redo/", 0o711),
+		apFile("redo/new", 0o644, "new"),
 		apDir("bin/", 0o755),
 		apXattrs(apOwned(apFile("bin/tool", 0o755, "tool"), 1000, 100), "security.capability", exportTestCap),
 		apLink("bin/tool2", "bin/tool"),
@@ -106,6 +111,8 @@ var exportTestWant = []string{
 	`"keep/link2" f 0640 0:0 size=6 sha256=a4d26868017c0ccf link=keep/link1`,
 	`"opq" d 0700 0:0`,
 	`"opq/new" f 0644 0:0 size=3 sha256=11507a0e2f5e69d5`,
+	`"redo" d 0711 0:0`,
+	`"redo/new" f 0644 0:0 size=3 sha256=11507a0e2f5e69d5`,
 	`"sym" l 0777 0:0 target=etc/passwd`,
 }
 
@@ -118,8 +125,8 @@ func TestExportFlattensLayers(t *testing.T) {
 		t.Fatal(err)
 	}
 	applyDiff(t, "exported tree", applyTarList(t, bytes.NewReader(b.Bytes())), exportTestWant)
-	if st.Entries != len(exportTestWant) || st.Files != 8 {
-		t.Errorf("stats %+v, want %d entries, 8 files", st, len(exportTestWant))
+	if st.Entries != len(exportTestWant) || st.Files != 9 {
+		t.Errorf("stats %+v, want %d entries, 9 files", st, len(exportTestWant))
 	}
 	// Canonical order: depth-first, each directory sorted; hard links
 	// carry their target's header.
@@ -152,7 +159,7 @@ func TestExportFlattensLayers(t *testing.T) {
 		}
 	}
 	wantNames := []string{"bin/", "bin/tool", "bin/tool2", "dev/", "dev/loop7", "dev/null", "dir2file", "etc/", "etc/hosts", "etc/passwd",
-		"file2dir/", "file2dir/x", "keep/", "keep/a", "keep/link1", "keep/link2", "opq/", "opq/new", "sym"}
+		"file2dir/", "file2dir/x", "keep/", "keep/a", "keep/link1", "keep/link2", "opq/", "opq/new", "redo/", "redo/new", "sym"}
 	if !slices.Equal(names, wantNames) {
 		t.Errorf("order %q, want %q", names, wantNames)
 	}
