@@ -26,7 +26,9 @@ import (
 // and group names, no entry for the root. Names of one file within a layer
 // (same device and inode) become hard links to the first name written,
 // with the same header. Xattrs are those a layer carries (see
-// cow.LayerDir.Xattrs). Sockets are left out with a warning.
+// cow.LayerDir.Xattrs). Sockets are left out with a warning. A plain
+// directory is read in cow's format too: its 0/0 character devices and
+// ".wh." names are taken for markers and hidden.
 func Export(w io.Writer, layers []string, opt Options) (Stats, error) {
 	e := &exporter{
 		tw:    tar.NewWriter(w),
