@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 
 	"github.com/unionmount/unionmount/cow"
 	"github.com/unionmount/unionmount/layer"
+	"github.com/unionmount/unionmount/store"
 )
 
 // LayerMeta is what unionmount records about a committed layer, next to
@@ -102,14 +102,18 @@ func CommitUpper(lowers []string, upper, work string, userXattr bool, o CommitOp
 
 // describeCommit hashes the new layer and records its metadata.
 func describeCommit(c cow.Committed, o CommitOptions) (*Committed, error) {
+	epoch, err := store.SourceDateEpoch()
+	if err != nil {
+		return nil, fmt.Errorf("committed as %s, but not hashed: %w", c.Dir, err)
+	}
 	h := sha256.New()
-	stats, err := layer.Write(h, c.Dir, c.Lowers, layer.Options{Epoch: SourceDateEpoch(), Progress: o.Progress})
+	stats, err := layer.Write(h, c.Dir, c.Lowers, layer.Options{Epoch: epoch, Progress: o.Progress})
 	if err != nil {
 		return nil, fmt.Errorf("committed as %s, but hashing it failed: %w", c.Dir, err)
 	}
 	created := time.Now().UTC().Truncate(time.Second)
-	if e := SourceDateEpoch(); e != nil {
-		created = e.UTC()
+	if epoch != nil {
+		created = *epoch
 	}
 	m := LayerMeta{
 		ID:      "sha256:" + hex.EncodeToString(h.Sum(nil)),
@@ -154,21 +158,6 @@ func readMeta(dir string) (m LayerMeta, ok bool) {
 		return m, false
 	}
 	return m, true
-}
-
-// SourceDateEpoch returns the time in $SOURCE_DATE_EPOCH
-// (reproducible-builds.org), or nil when it is unset or not a number.
-func SourceDateEpoch() *time.Time {
-	v := os.Getenv("SOURCE_DATE_EPOCH")
-	if v == "" {
-		return nil
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		return nil
-	}
-	t := time.Unix(n, 0).UTC()
-	return &t
 }
 
 // findMount resolves path to the mount point of a unionmount mount.

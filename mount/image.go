@@ -132,9 +132,13 @@ func CommitImage(merged, tag, storeDir string, o CommitOptions) (*Committed, *st
 	} else {
 		base = len(in.Lowers)
 	}
+	epoch, err := store.SourceDateEpoch()
+	if err != nil {
+		return c, nil, err
+	}
 	created := time.Now().UTC().Truncate(time.Second)
-	if e := SourceDateEpoch(); e != nil {
-		created = *e
+	if epoch != nil {
+		created = *epoch
 	}
 	var layers []store.NewLayer
 	for i := base - 1; i >= 0; i-- {
