@@ -129,13 +129,16 @@ func Apply(r io.Reader, dir string, opt ApplyOptions) (stats Stats, err error) {
 	if err := unix.Syncfs(a.root); err != nil {
 		return a.stats, fmt.Errorf("unpack layer: sync %s: %w", tmp, err)
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dir, unix.RENAME_NOREPLACE); err != nil {
-		return a.stats, fmt.Errorf("unpack layer: rename into place: %w", &os.LinkError{Op: "rename", Old: tmp, New: dir, Err: err})
+	if err := applyRenameNew(tmp, dir); err != nil {
+		return a.stats, fmt.Errorf("unpack layer: rename into place: %w", err)
 	}
 	if err := applySyncDir(filepath.Dir(dir)); err != nil {
-		// dir is complete and named: an error now would leave it
-		// behind, so report the layer and the failure together.
-		return a.stats, fmt.Errorf("unpack layer: %s unpacked, but syncing its parent failed: %w", dir, err)
+		// The name may not last: take the layer back rather than
+		// leave one that can vanish.
+		if rerr := applyRemoveTree(dir); rerr != nil {
+			err = fmt.Errorf("%w (and removing %s: %v)", err, dir, rerr)
+		}
+		return a.stats, fmt.Errorf("unpack layer: sync the parent of %s: %w", dir, err)
 	}
 	a.progress(true)
 	for _, k := range slices.Sorted(maps.Keys(a.drops)) {
@@ -861,6 +864,23 @@ func (a *applier) setDirMeta(d applyDir) error {
 		return nil
 	}
 	return a.setMeta(name, fd, &tar.Header{Mode: 0o755}, true)
+}
+
+// applyRenameNew renames tmp to dir, which must not exist.
+func applyRenameNew(tmp, dir string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dir, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) {
+		// A filesystem without RENAME_NOREPLACE: check, then rename
+		// (a directory renamed over a non-empty one fails anyway).
+		if _, lerr := os.Lstat(dir); lerr == nil {
+			return &os.LinkError{Op: "rename", Old: tmp, New: dir, Err: fs.ErrExist}
+		}
+		return os.Rename(tmp, dir)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: tmp, New: dir, Err: err}
+	}
+	return nil
 }
 
 // applySyncDir makes the entries of the directory dir durable.

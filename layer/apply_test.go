@@ -452,3 +452,30 @@ func apUnprivilegedChild(t *testing.T, parent string) {
 		t.Errorf("left behind: %v", ents)
 	}
 }
+
+// TestApplyRacesForOneName runs Applies of one layer side by side: one
+// wins the name, the others fail and leave nothing.
+func TestApplyRacesForOneName(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "layer")
+	b := apTar(t, apFile("a", 0o644, strings.Repeat("x", 1<<20)), apFile("b", 0o644, "y"))
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			_, err := Apply(bytes.NewReader(b), dir, ApplyOptions{})
+			errs <- err
+		}()
+	}
+	won := 0
+	for range 4 {
+		if err := <-errs; err == nil {
+			won++
+		} else if !errors.Is(err, fs.ErrExist) {
+			t.Errorf("losing Apply: %v, want ErrExist", err)
+		}
+	}
+	ents, _ := os.ReadDir(parent)
+	if won != 1 || len(ents) != 1 {
+		t.Errorf("%d Applies won, %d names left; want 1 and 1", won, len(ents))
+	}
+}
