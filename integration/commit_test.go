@@ -755,3 +755,99 @@ func dropFuseOverlayfsXattrs(s snapshot) {
 		o.xattrs = strings.Join(keep, " ")
 	}
 }
+
+// TestCommitMmap writes through a shared writable mapping made before a
+// commit, after it: the pages reach the file in the new upper, never the
+// committed layer.
+func TestCommitMmap(t *testing.T) {
+	needFUSE(t)
+	l := newLab(t)
+	mountUnion(t, l.lowers(), l.upper, l.merged)
+	p := filepath.Join(l.merged, "mapped")
+	if err := os.WriteFile(p, []byte(strings.Repeat("-", 8192)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mem, err := unix.Mmap(int(f.Fd()), 0, 8192, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Skipf("mmap MAP_SHARED on the mount: %v", err)
+	}
+	defer unix.Munmap(mem)
+	copy(mem, "before")
+	commitMount(t, nil, l.merged)
+	layer1 := filepath.Join(l.work, "layers", "1")
+	if data, err := os.ReadFile(filepath.Join(layer1, "mapped")); err != nil || !strings.HasPrefix(string(data), "before--") {
+		t.Errorf("the committed layer does not hold what was written through the mapping before the commit: %.10q, %v", data, err)
+	}
+	frozen := layerState(t, layer1)
+	copy(mem[4096:], "after")
+	if err := unix.Msync(mem, unix.MS_SYNC); err != nil {
+		t.Fatalf("msync: %v", err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatalf("fsync: %v", err)
+	}
+	want := "before" + strings.Repeat("-", 4090) + "after" + strings.Repeat("-", 4091)
+	if data, err := os.ReadFile(p); err != nil || string(data) != want {
+		t.Errorf("merged file after writing through the mapping: %v, same as written: %v", err, string(data) == want)
+	}
+	if data, err := os.ReadFile(filepath.Join(l.upper, "mapped")); err != nil || string(data) != want {
+		t.Errorf("upper file after writing through the mapping: %v, same as written: %v", err, string(data) == want)
+	}
+	if now := layerState(t, layer1); now != frozen {
+		t.Errorf("writing through a mapping made before the commit changed the committed layer: %s", firstDiffLine(frozen, now))
+	}
+}
+
+// TestCommitHardLinkedLower changes one name of a lower file that has two
+// (the link index serves both names the copy) and commits. The committed
+// layer holds the changed name only (a layer cannot link into the layers
+// below: cow/commit.go), so after the commit the other name shows the
+// lower data again, as a remount does. The changed name must keep showing
+// its committed data, and the live view must be what a remount shows.
+func TestCommitHardLinkedLower(t *testing.T) {
+	needFUSE(t)
+	l := newLab(t)
+	a, b := filepath.Join(l.base, "etc", "a"), filepath.Join(l.base, "etc", "b")
+	if err := os.WriteFile(a, []byte("orig\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(a, b); err != nil {
+		t.Fatal(err)
+	}
+	mountUnion(t, l.lowers(), l.upper, l.merged)
+	ma, mb := filepath.Join(l.merged, "etc", "a"), filepath.Join(l.merged, "etc", "b")
+	f, err := os.OpenFile(ma, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("more\n")
+	f.Close()
+	read := func(p string) string {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Errorf("read %s: %v", p, err)
+		}
+		return string(data)
+	}
+	if ga, gb := read(ma), read(mb); ga != "orig\nmore\n" || gb != ga {
+		t.Fatalf("before the commit: a %q, b %q; want both %q", ga, gb, "orig\nmore\n")
+	}
+	commitMount(t, nil, l.merged)
+	if data, err := os.ReadFile(filepath.Join(l.work, "layers", "1", "etc", "a")); err != nil || string(data) != "orig\nmore\n" {
+		t.Errorf("committed layer etc/a: %q, %v", data, err)
+	}
+	liveA, liveB := read(ma), read(mb)
+	if liveA != "orig\nmore\n" {
+		t.Errorf("right after the commit, etc/a reads %q, want its committed data %q", liveA, "orig\nmore\n")
+	}
+	unmount(t, l.merged)
+	mountUnion(t, l.lowers(), l.upper, l.merged)
+	if ra, rb := read(ma), read(mb); ra != liveA || rb != liveB {
+		t.Errorf("after the commit the mount showed a %q, b %q; after a remount a %q, b %q", liveA, liveB, ra, rb)
+	}
+}
