@@ -439,6 +439,13 @@ func readArchive(t *txn, r io.Reader) (*archive, error) {
 		if name == "." {
 			continue
 		}
+		for k := range hdr.PAXRecords {
+			// The reader would expand the holes: a few bytes of
+			// archive could declare terabytes of file.
+			if strings.HasPrefix(k, "GNU.sparse.") {
+				return nil, fmt.Errorf("archive entry %s: sparse files are not expected in an image archive", name)
+			}
+		}
 		if seen[name] {
 			return nil, fmt.Errorf("archive has two entries named %q", name)
 		}
