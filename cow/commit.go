@@ -43,7 +43,9 @@ import (
 // cannot hold a hard link into the layers below it (image-spec layer.md,
 // "Hardlinks"). Commit empties it, so a lower file's names that were never
 // copied up show the lower's data again, as a kernel mount of the committed
-// layers with index=off does; Commit reports the inode numbers concerned.
+// layers with index=off does, while the copied-up names keep their data
+// under an inode number of their own; Commit reports the inode numbers
+// concerned.
 
 const committedDir = "layers"
 
@@ -177,7 +179,9 @@ func syncDir(dir string) error {
 }
 
 // emptyIndex removes every entry of the link index and returns their inode
-// numbers.
+// numbers. The copy each entry names stays in the committed layer, where
+// it now stands for itself only: it gets its own inode number, so that it
+// and the lower names it no longer shows are told apart.
 func (s *Stack) emptyIndex() ([]uint64, error) {
 	if s.index == nil {
 		return nil, nil
@@ -188,6 +192,12 @@ func (s *Stack) emptyIndex() ([]uint64, error) {
 	}
 	var inos []uint64
 	for _, n := range names {
+		if st, err := s.index.lstat(n); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
+			own := strconv.FormatUint(st.Ino|s.upper.inoHigh, 10)
+			if err := s.index.setxattr(n, s.inoXattr(), []byte(own)); err != nil && !ignorableXattrErr(err) {
+				return inos, err
+			}
+		}
 		if err := removeAll(s.index, n); err != nil {
 			return inos, err
 		}

@@ -73,9 +73,10 @@ type Server struct {
 
 // Commit freezes the upper into a new lower layer while the mount stays in
 // use (cow.Stack.Commit). The merged view does not change, so the kernel's
-// caches stay valid, but for hard links the link index served: their
-// nodes look their objects up again and the kernel drops what it cached
-// of them.
+// caches stay valid, but every node looks its object up again: an object
+// found before the commit may not know the new lower. The hard links the
+// link index served now lead to different objects: the kernel drops what
+// it cached of them and looks their names up again.
 func (s *Server) Commit() (cow.Committed, error) {
 	st := s.root.st
 	c, err := st.Commit()
@@ -87,17 +88,36 @@ func (s *Server) Commit() (cow.Committed, error) {
 		s.root.setObject(root)
 	}
 	release()
-	var stale []*Node
-	s.root.reg.mu.Lock()
+	unlinked := map[uint64]bool{}
 	for _, ino := range c.Unlinked {
-		if n, ok := s.root.reg.m[ino]; ok {
-			stale = append(stale, n)
+		unlinked[ino] = true
+	}
+	type name struct {
+		dir  *fusefs.Inode
+		name string
+	}
+	var names []name
+	var stale []*Node
+	var walk func(dir *fusefs.Inode)
+	walk = func(dir *fusefs.Inode) {
+		for n, ch := range dir.Children() {
+			node := ch.Operations().(*Node)
+			node.invalidate()
+			if unlinked[ch.StableAttr().Ino] && !ch.IsDir() {
+				names = append(names, name{dir, n})
+				stale = append(stale, node)
+			}
+			if ch.IsDir() {
+				walk(ch)
+			}
 		}
 	}
-	s.root.reg.mu.Unlock()
+	walk(s.root.EmbeddedInode())
 	for _, n := range stale {
-		n.invalidate()
 		n.NotifyContent(0, 0)
+	}
+	for _, nm := range names {
+		nm.dir.NotifyEntry(nm.name)
 	}
 	return c, nil
 }

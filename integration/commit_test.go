@@ -846,11 +846,6 @@ func TestCommitHardLinkedLower(t *testing.T) {
 	if data, err := os.ReadFile(filepath.Join(l.work, "layers", "1", "etc", "a")); err != nil || string(data) != "orig\nmore\n" {
 		t.Errorf("committed layer etc/a: %q, %v", data, err)
 	}
-	if os.Getenv("UNIONMOUNT_TEST_KNOWN_BUGS") == "" {
-		t.Skip("bug: after the commit the kernel still has one inode for both names, and it now shows " +
-			"the lower data (fs/mount.go Server.Commit invalidates the node but not the names' dentries); " +
-			"set UNIONMOUNT_TEST_KNOWN_BUGS=1 to run the check")
-	}
 	liveA, liveB := read(ma), read(mb)
 	if liveA != "orig\nmore\n" {
 		t.Errorf("right after the commit, etc/a reads %q, want its committed data %q", liveA, "orig\nmore\n")
