@@ -122,3 +122,43 @@ func TestCommit(t *testing.T) {
 		t.Errorf("CommittedLayers = %v, %v", got, err)
 	}
 }
+
+func TestNormalize(t *testing.T) {
+	requireRoot(t) // trusted.* xattrs and whiteout devices
+	ts := newTestStack(t, []entry{
+		file(".wh.gone", ""),                   // OCI-style whiteout of a lower file
+		file(".wh.kept", ""), file("kept", "k"), // a real entry beats its marker
+		dir("o"), file("o/.wh..wh..opq", ""), chardev("o/.wh..opq", 0), // fuse-overlayfs opaque
+		whiteout("o/old"), file("o/.wh.older", ""), file("o/new", "n"), // redundant inside o
+		opaqueX("u", "user.fuseoverlayfs.opaque"),
+	}, []entry{file("gone", "g"), file("kept", "lower"), dir("o/old"), file("o/older", "x"), file("u/x", "x")})
+	view := ts.mergedDump(t, "")
+	n, err := ts.Normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 6 {
+		t.Errorf("Normalize rewrote %d markers, want 6", n)
+	}
+	got := dumpTree(t, ts.upper, true)
+	for p, want := range map[string]string{
+		"gone": "whiteout", "kept": `file "k"`, "o": "dir", "o/new": `file "n"`, "u": "dir",
+	} {
+		if !strings.HasPrefix(got[p], want) {
+			t.Errorf("%s: %q, want %s...", p, got[p], want)
+		}
+	}
+	for _, p := range []string{".wh.gone", ".wh.kept", "o/.wh..wh..opq", "o/.wh..opq", "o/old", "o/.wh.older"} {
+		if _, ok := got[p]; ok {
+			t.Errorf("%s left in the upper: %v", p, got)
+		}
+	}
+	for _, d := range []string{"o", "u"} {
+		if !strings.Contains(got[d], `trusted.overlay.opaque="y"`) || strings.Contains(got[d], "fuseoverlayfs") {
+			t.Errorf("%s: %q, want trusted.overlay.opaque=y only", d, got[d])
+		}
+	}
+	if d := diffMaps(ts.mergedDump(t, ""), view); d != "" {
+		t.Errorf("Normalize changed the merged view:\n%s", d)
+	}
+}

@@ -2,6 +2,7 @@ package cow
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -238,4 +239,92 @@ func unreadableXattr(name string) bool {
 		return true
 	}
 	return false
+}
+
+// Normalize rewrites the markers of a foreign upper in the encoding this
+// file writes, so that a layer committed from it is one a kernel mounts:
+// a ".wh.NAME" file becomes a 0/0 whiteout, and a directory marked opaque
+// by ".wh..wh..opq", fuse-overlayfs's ".wh..opq" device or another
+// namespace's opaque xattr gets this stack's opaque xattr instead. Kernel
+// overlayfs cannot read the former and lists whiteouts inside an opaque
+// directory of one layer (fuse-overlayfs#306). It walks the whole upper,
+// so it is for an upper that is not mounted: an offline commit. It
+// returns how many markers it rewrote.
+func (s *Stack) Normalize() (int, error) {
+	if s.upper == nil {
+		return 0, &errRO
+	}
+	n := 0
+	var walk func(rel string) error
+	walk = func(rel string) error {
+		ents, err := readDirents(s.upper, rel, unix.O_NOATIME)
+		if err != nil {
+			return err
+		}
+		opaque, err := s.upper.isOpaque(rel)
+		if err != nil {
+			return err
+		}
+		if opaque {
+			if err := s.normalizeOpaque(rel); err != nil {
+				return err
+			}
+		}
+		for _, e := range ents {
+			p := join(rel, e.name)
+			st, err := s.upper.lstat(p)
+			if err != nil {
+				return err
+			}
+			target, marker := markerTarget(e.name)
+			switch {
+			case e.name == opaqueMarker || (opaque && (isWhiteout(&st) || marker)):
+				// The opaque marker, or a whiteout inside an opaque
+				// directory: it hides nothing more, and the kernel
+				// would list it.
+				if err := s.upper.unlink(p); err != nil {
+					return err
+				}
+				n++
+			case marker && target != "" && st.Mode&unix.S_IFMT == unix.S_IFREG:
+				if _, err := s.upper.lstat(join(rel, target)); err == nil {
+					// A real entry beats its marker.
+				} else if err := s.upper.in(join(rel, target), mkWhiteout); err != nil {
+					return err
+				}
+				if err := s.upper.unlink(p); err != nil {
+					return err
+				}
+				n++
+			case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+				if err := walk(p); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	err := walk("")
+	if err != nil {
+		return n, fmt.Errorf("normalize the upper's markers: %w", err)
+	}
+	return n, nil
+}
+
+// normalizeOpaque gives the opaque directory rel this stack's opaque xattr
+// and removes the other opaque xattrs.
+func (s *Stack) normalizeOpaque(rel string) error {
+	if err := s.setOpaque(rel); err != nil {
+		return err
+	}
+	for _, x := range readOpaqueXattrs {
+		if x == s.opaqueXattr() {
+			continue
+		}
+		err := s.upper.withPath(rel, func(p string) error { return unix.Removexattr(p, x) })
+		if err != nil && !errors.Is(err, unix.ENODATA) && !ignorableXattrErr(err) {
+			return err
+		}
+	}
+	return nil
 }

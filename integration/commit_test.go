@@ -718,11 +718,7 @@ func TestCommitForeignUpper(t *testing.T) {
 			checkDiff(t, "", l.merged)
 
 			// The committed layer is an ordinary overlay lower.
-			if writer == "fuse-overlayfs" && os.Getenv("UNIONMOUNT_TEST_KNOWN_BUGS") == "" {
-				t.Skip("bug: an offline commit keeps fuse-overlayfs's redundant opaque markers " +
-					"(.wh..wh..opq file, .wh..opq 0/0 device) in WORK/layers/N, and the kernel lists them " +
-					"(fuse-overlayfs#306); set UNIONMOUNT_TEST_KNOWN_BUGS=1 to run the check")
-			}
+
 			kro := filepath.Join(l.root, "kro")
 			if err := os.Mkdir(kro, 0o755); err != nil {
 				t.Fatal(err)

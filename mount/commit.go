@@ -78,8 +78,9 @@ func CommitMount(merged string, o CommitOptions) (*Committed, error) {
 // CommitUpper commits an upper that is not mounted: the layer directory
 // WORK/layers/N is made from it exactly as for a live mount, so the next
 // mount of the same directories stacks it. Uppers written by kernel
-// overlayfs or fuse-overlayfs work too; the upper must not be in use by a
-// mount.
+// overlayfs or fuse-overlayfs work too: their markers are first rewritten
+// in the kernel's encoding (cow.Stack.Normalize), so that the layer is one
+// a kernel mounts. The upper must not be in use by a mount.
 func CommitUpper(lowers []string, upper, work string, userXattr bool, o CommitOptions) (*Committed, error) {
 	opts := &Options{Lowers: lowers, Upper: upper, Work: work, UserXattr: userXattr}
 	if err := opts.validateDirs(); err != nil {
@@ -91,6 +92,10 @@ func CommitUpper(lowers []string, upper, work string, userXattr bool, o CommitOp
 	st, err := cow.Open(cow.Config{Lowers: opts.Lowers, Upper: opts.Upper, Work: opts.Work, UserXattr: opts.UserXattr})
 	if err != nil {
 		return nil, fmt.Errorf("open layers: %w", err)
+	}
+	if _, err := st.Normalize(); err != nil {
+		st.Close()
+		return nil, err
 	}
 	c, err := st.Commit()
 	st.Close()
