@@ -126,7 +126,7 @@ func TestCommit(t *testing.T) {
 func TestNormalize(t *testing.T) {
 	requireRoot(t) // trusted.* xattrs and whiteout devices
 	ts := newTestStack(t, []entry{
-		file(".wh.gone", ""),                   // OCI-style whiteout of a lower file
+		file(".wh.gone", ""),                    // OCI-style whiteout of a lower file
 		file(".wh.kept", ""), file("kept", "k"), // a real entry beats its marker
 		dir("o"), file("o/.wh..wh..opq", ""), chardev("o/.wh..opq", 0), // fuse-overlayfs opaque
 		whiteout("o/old"), file("o/.wh.older", ""), file("o/new", "n"), // redundant inside o
