@@ -3,6 +3,7 @@ package cow
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -61,7 +62,7 @@ func (s *Stack) Which(rel string) (Source, error) {
 		}
 	}
 	if below < 0 {
-		return src, &pathErrNoent
+		return src, &os.PathError{Op: "which", Path: rel, Err: fmt.Errorf("no layer has it: %w", unix.ENOENT)}
 	}
 	src.Hidden, src.Below = true, layers[below].Dir
 	for _, l := range layers[:below] {

@@ -169,8 +169,11 @@ func call(mountpoint string, req request) (*response, error) {
 	p := socketPath(st.Dev)
 	c, err := net.DialTimeout("unix", p, 5*time.Second)
 	if err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) {
-			return nil, fmt.Errorf("%s: its daemon does not answer (no control socket %s; mounted by another user or an older unionmount?)", mountpoint, p)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			return nil, fmt.Errorf("%s: no control socket %s (mounted by another user, or by an older unionmount?)", mountpoint, p)
+		case errors.Is(err, unix.ECONNREFUSED):
+			return nil, fmt.Errorf("%s: its daemon is gone (nobody listens on %s); unmount it with umount -l", mountpoint, p)
 		}
 		return nil, fmt.Errorf("%s: daemon: %w", mountpoint, err)
 	}
