@@ -426,6 +426,9 @@ func readArchive(t *txn, r io.Reader) (*archive, error) {
 	tr := tar.NewReader(cr)
 	for {
 		hdr, err := tr.Next()
+		if err == io.EOF && cr.n == 0 {
+			return nil, errors.New("empty input, not an archive")
+		}
 		if err == io.EOF {
 			break
 		}
