@@ -29,6 +29,24 @@
 //	                     line) of the layers a mount uses, which Remove
 //	                     keeps
 //
+// # Names and OCI tools
+//
+// An image's name is its tag in index.json, normalized as docker shows
+// names: a tag is always there (":latest" by default) and docker.io's
+// default prefixes are dropped ("docker.io/library/alpine" is
+// "alpine:latest"). skopeo splits "oci:DIR:REF" at the first colon after
+// DIR, so the whole name, tag included, is the reference:
+//
+//	skopeo copy docker://docker.io/library/alpine:3.20 oci:STORE:alpine:3.20
+//	skopeo copy oci:STORE:alpine:3.20 docker://registry.example/alpine:3.20
+//	umoci unpack --image STORE:alpine:3.20 bundle
+//
+// A name skopeo writes without a tag ("oci:STORE:alpine") reads as
+// alpine:latest here, but skopeo itself finds it only as "alpine". An
+// image that skopeo copies in (from a registry, say) is unpacked by Lowers
+// when first mounted. Images are moved between machines through a registry
+// with skopeo, or with Save and Load.
+//
 // # Atomicity
 //
 // Data safety comes first: a failure at any point (a bad archive, a full

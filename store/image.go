@@ -117,8 +117,30 @@ func refName(d v1.Descriptor) (string, bool) {
 	return norm, true
 }
 
-// Images returns the store's tagged images, sorted by name.
+// Images returns the store's tagged images, sorted by name. An image whose
+// manifest or config cannot be read is left out, with a warning.
 func (s *Store) Images() ([]*Image, error) {
+	byName, err := s.tags()
+	if err != nil {
+		return nil, err
+	}
+	var imgs []*Image
+	for n, d := range byName {
+		img, err := s.loadImage(n, d)
+		if err != nil {
+			if s.Warn != nil {
+				s.Warn(fmt.Sprintf("image %s: %v", n, err))
+			}
+			continue
+		}
+		imgs = append(imgs, img)
+	}
+	sort.Slice(imgs, func(i, j int) bool { return imgs[i].Name < imgs[j].Name })
+	return imgs, nil
+}
+
+// tags maps the normalized names of index.json to their descriptors.
+func (s *Store) tags() (map[string]v1.Descriptor, error) {
 	idx, err := s.readIndex()
 	if err != nil {
 		return nil, err
@@ -130,34 +152,31 @@ func (s *Store) Images() ([]*Image, error) {
 			byName[n] = d
 		}
 	}
-	var imgs []*Image
-	for n, d := range byName {
-		img, err := s.loadImage(n, d)
-		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", n, err)
-		}
-		imgs = append(imgs, img)
-	}
-	sort.Slice(imgs, func(i, j int) bool { return imgs[i].Name < imgs[j].Name })
-	return imgs, nil
+	return byName, nil
 }
 
 // Image returns the image called name ("alpine", "alpine:3.20"), or the
 // one whose config (image ID) or manifest digest starts with name, given
 // as at least 12 hex digits with or without "sha256:".
 func (s *Store) Image(name string) (*Image, error) {
-	imgs, err := s.Images()
+	byName, err := s.tags()
 	if err != nil {
 		return nil, err
 	}
 	if norm, err := NormalizeName(name); err == nil {
-		for _, img := range imgs {
-			if img.Name == norm {
-				return img, nil
+		if d, ok := byName[norm]; ok {
+			img, err := s.loadImage(norm, d)
+			if err != nil {
+				return nil, fmt.Errorf("image %s: %w", norm, err)
 			}
+			return img, nil
 		}
 	}
 	if prefix, ok := idPrefix(name); ok {
+		imgs, err := s.Images()
+		if err != nil {
+			return nil, err
+		}
 		var found *Image
 		for _, img := range imgs {
 			if !strings.HasPrefix(img.ConfigDigest.Encoded(), prefix) && !strings.HasPrefix(img.Digest.Encoded(), prefix) {
