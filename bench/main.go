@@ -293,6 +293,9 @@ rounds:
 				continue
 			}
 			for _, sys := range order {
+				if w.only != "" && sys != w.only {
+					continue
+				}
 				if b.ctx.Err() != nil {
 					runErr = b.ctx.Err()
 					break rounds
@@ -615,7 +618,9 @@ func (b *bench) sample(sys string, w *workload) (res result, err error) {
 		res.daemon, res.cpu, res.rss = true, cpu1-cpu0, rss
 	}
 	res.val = elapsed
-	if higherIsBetter(w.unit) {
+	if w.self {
+		res.val = amount
+	} else if higherIsBetter(w.unit) {
 		res.val = amount / elapsed
 	}
 	return res, nil

@@ -6,8 +6,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,6 +37,11 @@ type workload struct {
 	prep       func(*sample) error
 	run        func(*sample) (float64, error)
 	undo       func(*sample) error
+	// only names the one system the workload applies to ("" for all).
+	only string
+	// self marks a run that returns the measurement itself, in unit,
+	// instead of the amount of work done.
+	self bool
 }
 
 // shell runs a command in dir with LC_ALL=C, output into a pipe.
@@ -143,7 +150,19 @@ func (b *bench) workloads() []*workload {
 		run: func(s *sample) (float64, error) {
 			return 0, run(s.b.ctx, s.path("proj"), s.b.goEnv(s.path("gocache")), s.b.goBin, "build", "./...")
 		}})
-	add(&workload{name: "commit", unit: unitSeconds, note: "n/a (not implemented)"})
+	// commit freezes an upper of the untarred tree (~16k entries) into a
+	// layer while the mount runs: the whole command (the layer is hashed
+	// after writers are released), and how long writers were held.
+	untarUpper := func(s *sample) error {
+		if err := os.Mkdir(s.path("untar"), 0o755); err != nil {
+			return err
+		}
+		return untar(s)
+	}
+	add(&workload{name: "commit", unit: unitSeconds, only: sysUnion, prep: untarUpper,
+		run: func(s *sample) (float64, error) { _, err := s.commit(); return 0, err }})
+	add(&workload{name: "commit_held", unit: unitSeconds, only: sysUnion, self: true, prep: untarUpper,
+		run: func(s *sample) (float64, error) { return s.commit() }})
 
 	for _, w := range ws {
 		if w.cold {
@@ -151,6 +170,26 @@ func (b *bench) workloads() []*workload {
 		}
 	}
 	return ws
+}
+
+// commit runs "unionmount commit" on the sample's mount and returns how
+// long it held writers, in seconds, as it reports.
+func (s *sample) commit() (float64, error) {
+	cmd := exec.CommandContext(s.b.ctx, s.b.umBin, "commit", s.root)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("unionmount commit: %w: %s", err, stderr.String())
+	}
+	_, held, ok := strings.Cut(stderr.String(), "writers held ")
+	if !ok {
+		return 0, fmt.Errorf("unionmount commit did not say how long writers were held: %s", stderr.String())
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(held))
+	if err != nil {
+		return 0, fmt.Errorf("unionmount commit: held %q: %w", held, err)
+	}
+	return d.Seconds(), nil
 }
 
 func workloadNames(ws []*workload) string {
