@@ -345,3 +345,33 @@ func TestLowersUnpacksFromBlobs(t *testing.T) {
 		t.Errorf("staging not cleaned: %v", ents)
 	}
 }
+
+func TestAdoptLayer(t *testing.T) {
+	s := newStore(t)
+	upper := filepath.Join(s.Dir(), "upper-to-adopt")
+	writeFile(t, filepath.Join(upper, "etc/hello"), "hi\n")
+	img, err := s.Commit(nil, []NewLayer{{Dir: upper}}, "adopted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := img.DiffIDs()[0]
+	if ok, err := s.AdoptLayer(id, upper); err != nil || !ok {
+		t.Fatalf("AdoptLayer = %v, %v", ok, err)
+	}
+	if _, err := os.Stat(upper); !os.IsNotExist(err) {
+		t.Errorf("adopted directory still at its old path: %v", err)
+	}
+	lowers, err := s.Lowers(img, false)
+	if err != nil || len(lowers) != 1 {
+		t.Fatal(lowers, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(lowers[0], "etc/hello")); err != nil || string(data) != "hi\n" {
+		t.Errorf("adopted layer: %q, %v", data, err)
+	}
+	// A second directory for the same layer is not taken.
+	other := filepath.Join(s.Dir(), "other")
+	writeFile(t, filepath.Join(other, "etc/hello"), "hi\n")
+	if ok, err := s.AdoptLayer(id, other); err != nil || ok {
+		t.Errorf("AdoptLayer of a layer the store has = %v, %v", ok, err)
+	}
+}
