@@ -41,8 +41,10 @@ import (
 //
 // The link index (linkindex.go) cannot be carried into a layer: a layer
 // cannot hold a hard link into the layers below it (image-spec layer.md,
-// "Hardlinks"). Commit empties it, so a lower file's names that were never
-// copied up show the lower's data again, as a kernel mount of the committed
+// "Hardlinks"). MaterializeIndex, run before Commit, links the lower names
+// the index serves into the upper, so that the layer holds every name of
+// such a file. Commit empties the index; a name it still served (one that
+// appeared meanwhile) shows the lower's data again, as a kernel mount of the committed
 // layers with index=off does, while the copied-up names keep their data
 // under an inode number of their own; Commit reports the inode numbers
 // concerned.
@@ -192,6 +194,13 @@ func (s *Stack) emptyIndex() ([]uint64, error) {
 	}
 	var inos []uint64
 	for _, n := range names {
+		if s.lowerLinks(n) == 0 {
+			// Every name is in the upper: nothing changes for it.
+			if err := removeAll(s.index, n); err != nil {
+				return inos, err
+			}
+			continue
+		}
 		if st, err := s.index.lstat(n); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
 			own := strconv.FormatUint(st.Ino|s.upper.inoHigh, 10)
 			if err := s.index.setxattr(n, s.inoXattr(), []byte(own)); err != nil && !ignorableXattrErr(err) {

@@ -162,3 +162,41 @@ func TestNormalize(t *testing.T) {
 		t.Errorf("Normalize changed the merged view:\n%s", d)
 	}
 }
+
+func TestCommitKeepsHardLinks(t *testing.T) {
+	requireRoot(t)
+	ts := newTestStack(t, nil, []entry{file("d/a", "orig"), hardlink("d/b", "d/a"), hardlink("e/c", "d/a")})
+	fd, _, err := ts.Open(ts.mustLookup(t, "d/a"), "d/a", unix.O_WRONLY|unix.O_APPEND)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Write(fd, []byte("+new"))
+	unix.Close(fd)
+	n, err := ts.MaterializeIndex()
+	if err != nil || n != 2 {
+		t.Fatalf("MaterializeIndex = %d, %v; want 2 names linked", n, err)
+	}
+	view, inos := ts.mergedDump(t, ""), ts.inodes(t)
+	c, err := ts.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Unlinked) != 0 {
+		t.Errorf("Unlinked = %v, want none: every name is in the layer", c.Unlinked)
+	}
+	var sa, sb, sc unix.Stat_t
+	for p, st := range map[string]*unix.Stat_t{"d/a": &sa, "d/b": &sb, "e/c": &sc} {
+		if err := unix.Lstat(filepath.Join(c.Dir, p), st); err != nil {
+			t.Fatalf("committed layer lacks %s: %v", p, err)
+		}
+	}
+	if sa.Ino != sb.Ino || sa.Ino != sc.Ino || sa.Nlink != 3 {
+		t.Errorf("committed names are not one file: inodes %d %d %d, nlink %d", sa.Ino, sb.Ino, sc.Ino, sa.Nlink)
+	}
+	if d := diffMaps(ts.mergedDump(t, ""), view); d != "" {
+		t.Errorf("merged view changed by the commit:\n%s", d)
+	}
+	if d := diffMaps(ts.inodes(t), inos); d != "" {
+		t.Errorf("inode numbers changed by the commit:\n%s", d)
+	}
+}

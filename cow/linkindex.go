@@ -2,6 +2,7 @@ package cow
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -136,4 +137,77 @@ func (s *Stack) copyUpLinked(o *Object, rel string) error {
 // whose index entry has st: its upper names plus its lower names.
 func (s *Stack) nlink(o *Object, st *unix.Stat_t) uint64 {
 	return uint64(max(int64(st.Nlink)-1+s.lowerLinks(o.indexName), 0))
+}
+
+// MaterializeIndex links into the upper every lower name that the link
+// index still serves, so that the upper alone holds all the names of each
+// copied-up hard link: a commit then keeps the link, and its layer carries
+// every name as a hard link (as containerd's differ re-emits the unchanged
+// names of a changed inode). Only the names' (dev, inode) tell which they
+// are, so it walks the lowers, once, and only when the index serves some
+// name. It returns how many names it linked.
+func (s *Stack) MaterializeIndex() (int, error) {
+	if s.index == nil {
+		return 0, nil
+	}
+	names, err := readNames(s.index, "")
+	if err != nil {
+		return 0, err
+	}
+	want := map[uint64]bool{}
+	for _, n := range names {
+		if ino, err := strconv.ParseUint(n, 10, 64); err == nil && s.lowerLinks(n) > 0 {
+			want[ino] = true
+		}
+	}
+	if len(want) == 0 {
+		return 0, nil
+	}
+	var found []string
+	for _, l := range s.lowers {
+		if err := s.findLinked(l, "", want, &found); err != nil {
+			return 0, err
+		}
+	}
+	n := 0
+	for _, rel := range found {
+		o, err := s.lookupPath(rel)
+		if err != nil || o.indexName == "" {
+			continue // hidden, or not shown from the index
+		}
+		if st, err := s.upper.lstat(rel); err == nil && !isWhiteout(&st) {
+			continue // in the upper already
+		}
+		if _, err := s.materialize(o, rel); err != nil {
+			return n, fmt.Errorf("link %s into the upper: %w", rel, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// findLinked appends to found the paths below rel in l of the files with
+// several names whose merged inode number is in want.
+func (s *Stack) findLinked(l *Layer, rel string, want map[uint64]bool, found *[]string) error {
+	ents, err := readDirents(l, rel, unix.O_NOATIME)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		p := join(rel, e.name)
+		switch e.typ {
+		case unix.DT_DIR:
+			if err := s.findLinked(l, p, want, found); err != nil {
+				return err
+			}
+		case unix.DT_REG, unix.DT_UNKNOWN:
+			if !want[e.ino|l.inoHigh] {
+				continue
+			}
+			if st, err := l.lstat(p); err == nil && st.Nlink > 1 && st.Mode&unix.S_IFMT == unix.S_IFREG {
+				*found = append(*found, p)
+			}
+		}
+	}
+	return nil
 }

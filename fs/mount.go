@@ -79,11 +79,17 @@ type Server struct {
 // it cached of them and looks their names up again.
 func (s *Server) Commit() (cow.Committed, error) {
 	st := s.root.st
+	release := st.Hold()
+	_, err := st.MaterializeIndex()
+	release()
+	if err != nil {
+		return cow.Committed{}, fmt.Errorf("commit: %w", err)
+	}
 	c, err := st.Commit()
 	if err != nil {
 		return c, err
 	}
-	release := st.Hold()
+	release = st.Hold()
 	if root, err := st.Root(); err == nil {
 		s.root.setObject(root)
 	}

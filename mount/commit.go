@@ -97,6 +97,10 @@ func CommitUpper(lowers []string, upper, work string, userXattr bool, o CommitOp
 		st.Close()
 		return nil, err
 	}
+	if _, err := st.MaterializeIndex(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	c, err := st.Commit()
 	st.Close()
 	if err != nil {
