@@ -315,3 +315,73 @@ func TestImageStory(t *testing.T) {
 		sameListing(t, "a mount of the image pulled into a second store", imageListing(t, mnt), want)
 	})
 }
+
+// TestImageFromUmoci mounts an image that umoci wrote, with whiteouts,
+// opaque directories and hard links across three layers, and compares the
+// mount with umoci's own unpack of it.
+func TestImageFromUmoci(t *testing.T) {
+	needRoot(t)
+	needFUSE(t)
+	needTools(t, "umoci")
+	root := t.TempDir()
+	img := filepath.Join(root, "img")
+	tool(t, "umoci", "init", "--layout", img)
+	tool(t, "umoci", "new", "--image", img+":base")
+	bundle := filepath.Join(root, "bundle")
+	tool(t, "umoci", "unpack", "--image", img+":base", bundle)
+	rfs := filepath.Join(bundle, "rootfs")
+	write := func(p, data string) {
+		t.Helper()
+		os.MkdirAll(filepath.Dir(filepath.Join(rfs, p)), 0o755)
+		if err := os.WriteFile(filepath.Join(rfs, p), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Layer 1: a tree with hard links, a symlink, owners and modes.
+	write("etc/app/config", "one")
+	write("etc/app/extra", "two")
+	write("opaq/one", "1")
+	write("opaq/sub/two", "2")
+	write("bin/tool", "#!/bin/sh\n")
+	os.Chmod(filepath.Join(rfs, "bin/tool"), 0o755)
+	os.Link(filepath.Join(rfs, "bin/tool"), filepath.Join(rfs, "bin/tool-link"))
+	os.Symlink("tool", filepath.Join(rfs, "bin/tool-sym"))
+	os.Lchown(filepath.Join(rfs, "etc/app/extra"), 1000, 1000)
+	tool(t, "umoci", "repack", "--image", img+":layer1", bundle)
+	// Layer 2: deletions (whiteouts) and a replaced tree.
+	os.Remove(filepath.Join(rfs, "etc/app/extra"))
+	os.RemoveAll(filepath.Join(rfs, "opaq"))
+	write("opaq/new", "new")
+	write("etc/app/config", "changed")
+	tool(t, "umoci", "repack", "--image", img+":layer2", bundle)
+	// Layer 3: an opaque directory and a whiteout inserted directly.
+	src := filepath.Join(root, "src")
+	os.MkdirAll(filepath.Join(src, "fresh"), 0o755)
+	os.WriteFile(filepath.Join(src, "fresh", "only"), []byte("only"), 0o644)
+	tool(t, "umoci", "insert", "--image", img+":layer2", "--tag", "layer3", "--opaque", src, "/etc")
+	tool(t, "umoci", "insert", "--image", img+":layer3", "--tag", "final", "--whiteout", "/bin/tool-sym")
+
+	ref := filepath.Join(root, "ref")
+	tool(t, "umoci", "unpack", "--image", img+":final", ref)
+	want := imageListing(t, filepath.Join(ref, "rootfs"))
+
+	store := filepath.Join(root, "store")
+	umStore(t, store, "load", "--layout", img)
+	mnt := filepath.Join(root, "m")
+	os.Mkdir(mnt, 0o755)
+	umStore(t, store, "--image", "final", "--read-only", mnt)
+	t.Cleanup(func() { unmount(t, mnt) })
+	sameListing(t, "the mount of umoci's image", imageListing(t, mnt), want)
+	// The tree has what the layers say, so the comparison means something.
+	all := "\n" + strings.Join(want, "\n") + "\n"
+	for _, must := range []string{"\netc/fresh/only reg", "\nopaq/new reg", "link=bin/tool"} {
+		if !strings.Contains(all, must) {
+			t.Errorf("umoci's tree lacks %q:%s", must, all)
+		}
+	}
+	for _, gone := range []string{"\netc/app", "\nopaq/one", "\nopaq/sub", "\nbin/tool-sym"} {
+		if strings.Contains(all, gone) {
+			t.Errorf("umoci's tree has %q:%s", gone, all)
+		}
+	}
+}

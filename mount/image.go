@@ -14,10 +14,13 @@ import (
 )
 
 // Mounting an image: "unionmount --image NAME [UPPER] MERGED" mounts the
-// image's layers, unpacked in the store, as the lowers. Without an UPPER
-// the mount gets a fresh container layer, STORE/containers/ID/upper with
-// its workdir beside it, and the file STORE/containers/ID/layers lists the
-// layers the container uses, so that removing the image keeps them.
+// image's layers, unpacked in the store, as the lowers. Every image mount
+// has a directory STORE/containers/ID whose file "layers" lists the
+// diff_ids of the layers it uses, so that removing the image meanwhile
+// keeps them; it is written before the layers are unpacked. Without an
+// UPPER the mount gets a fresh container layer there too,
+// STORE/containers/ID/upper with its workdir beside it, which outlives the
+// mount; otherwise the directory goes when the mount does.
 
 // containerEnv passes the container directory that the command made to
 // the daemon it starts, which parses the same command line.
@@ -43,51 +46,61 @@ func (o *Options) resolveImage() error {
 	if err != nil {
 		return err
 	}
+	withUpper := o.Upper == "" && !o.ReadOnly
+	dir := os.Getenv(containerEnv)
+	if dir == "" {
+		if dir, err = newContainer(o.Store, img, withUpper); err != nil {
+			return err
+		}
+		os.Setenv(containerEnv, dir)
+		if withUpper {
+			fmt.Fprintf(os.Stderr, "unionmount: container layer %s\n", filepath.Join(dir, "upper"))
+		}
+	}
+	if !withUpper {
+		o.container = dir
+	}
 	lowers, err := s.Lowers(img, o.UserXattr)
 	if err != nil {
 		return err
 	}
 	if len(lowers) == 0 {
 		// An image without layers is an empty directory.
-		empty := filepath.Join(o.Store, "containers", "empty")
+		empty := filepath.Join(dir, "empty")
 		if err := os.MkdirAll(empty, 0o755); err != nil {
 			return err
 		}
 		lowers = []string{empty}
 	}
 	o.Lowers = lowers
-	if o.Upper != "" || o.ReadOnly {
-		return nil
+	if withUpper {
+		o.Upper = filepath.Join(dir, "upper")
+		o.Work = filepath.Join(dir, "work")
 	}
-	dir := os.Getenv(containerEnv)
-	if dir == "" {
-		if dir, err = newContainer(o.Store, img.Name, lowers); err != nil {
-			return err
-		}
-		os.Setenv(containerEnv, dir)
-		fmt.Fprintf(os.Stderr, "unionmount: container layer %s\n", filepath.Join(dir, "upper"))
-	}
-	o.Upper = filepath.Join(dir, "upper")
-	o.Work = filepath.Join(dir, "work")
 	return nil
 }
 
-// newContainer makes STORE/containers/ID with an empty upper and records
-// the layers it stacks on.
-func newContainer(storeDir, image string, lowers []string) (string, error) {
+// newContainer makes STORE/containers/ID, with an empty upper if
+// withUpper, and records the image and its layers there.
+func newContainer(storeDir string, img *store.Image, withUpper bool) (string, error) {
 	var b [6]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
 	dir := filepath.Join(storeDir, "containers", hex.EncodeToString(b[:]))
-	if err := os.MkdirAll(filepath.Join(dir, "upper"), 0o755); err != nil {
-		return "", fmt.Errorf("create container layer: %w", err)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create container: %w", err)
+	}
+	if withUpper {
+		if err := os.Mkdir(filepath.Join(dir, "upper"), 0o755); err != nil {
+			return "", fmt.Errorf("create container layer: %w", err)
+		}
 	}
 	var ids []string
-	for _, l := range lowers {
-		ids = append(ids, filepath.Base(l))
+	for _, d := range img.DiffIDs() {
+		ids = append(ids, d.Encoded())
 	}
-	info := fmt.Sprintf("image %s\ncreated %s\n", image, time.Now().UTC().Format(time.RFC3339))
+	info := fmt.Sprintf("image %s\ncreated %s\n", img.Name, time.Now().UTC().Format(time.RFC3339))
 	if err := os.WriteFile(filepath.Join(dir, "image"), []byte(info), 0o644); err != nil {
 		return "", err
 	}

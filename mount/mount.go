@@ -105,6 +105,9 @@ func (o *Options) fuseOptions() fuse.MountOptions {
 func (u *Union) Wait() error {
 	u.server.Wait()
 	u.stopControl()
+	if u.opts.container != "" {
+		_ = os.RemoveAll(u.opts.container)
+	}
 	if err := u.stack.Close(); err != nil {
 		return fmt.Errorf("close layers: %w", err)
 	}

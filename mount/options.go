@@ -57,6 +57,9 @@ type Options struct {
 	// Image is the name of the image the lowers come from, when mounted
 	// with --image; Store is its image store.
 	Image, Store string
+	// container is the store's record of an image mount without a
+	// container layer, removed when the mount ends (image.go).
+	container string
 }
 
 // NewOptions returns the defaults for the calling user: as root, the mount
