@@ -8,7 +8,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/unionmount/unionmount/cow"
 	"golang.org/x/sys/unix"
@@ -140,66 +139,14 @@ func (e *exporter) entry(o *cow.Object, rel string, st *unix.Stat_t) error {
 	several := typ != unix.S_IFDIR && st.Nlink > 1
 	if several {
 		if first, ok := e.links[key]; ok {
-			h := *first
-			h.Typeflag = tar.TypeLink
-			h.Name = rel
-			h.Linkname = first.Name
-			h.Size = 0
-			h.Devmajor, h.Devminor = 0, 0
-			return e.write(&h)
+			return e.write(linkHeader(first, rel))
 		}
 	}
-	sec := st.Mtim.Sec
-	if ep := e.opt.Epoch; ep != nil && sec > ep.Unix() {
-		sec = ep.Unix()
-	}
-	h := &tar.Header{
-		Name:    rel,
-		Mode:    int64(st.Mode & 0o7777),
-		Uid:     int(st.Uid),
-		Gid:     int(st.Gid),
-		ModTime: time.Unix(sec, 0),
-		Format:  tar.FormatPAX,
-	}
-	switch typ {
-	case unix.S_IFREG:
-		h.Typeflag = tar.TypeReg
-		h.Size = st.Size
-	case unix.S_IFDIR:
-		h.Typeflag = tar.TypeDir
-		h.Name += "/"
-	case unix.S_IFLNK:
-		h.Typeflag = tar.TypeSymlink
-		t, err := e.s.Readlink(o, rel)
-		if err != nil {
-			return err
-		}
-		h.Linkname = t
-	case unix.S_IFIFO:
-		h.Typeflag = tar.TypeFifo
-	case unix.S_IFCHR, unix.S_IFBLK:
-		h.Typeflag = tar.TypeChar
-		if typ == unix.S_IFBLK {
-			h.Typeflag = tar.TypeBlock
-		}
-		h.Devmajor = int64(unix.Major(st.Rdev))
-		h.Devminor = int64(unix.Minor(st.Rdev))
-	default:
-		return fmt.Errorf("%s: unknown file type %#o", rel, typ)
-	}
-	xs, err := e.xattrs(o, rel)
+	h, err := header(rel, st, e.opt.Epoch,
+		func() (string, error) { return e.s.Readlink(o, rel) },
+		func() ([]cow.Xattr, error) { return e.xattrs(o, rel) })
 	if err != nil {
 		return err
-	}
-	for _, x := range xs {
-		if h.PAXRecords == nil {
-			h.PAXRecords = map[string]string{}
-		}
-		v := x.Value
-		if x.Name == "security.capability" {
-			v = capRevision2(v)
-		}
-		h.PAXRecords["SCHILY.xattr."+x.Name] = string(v)
 	}
 	if several {
 		e.links[key] = h

@@ -240,62 +240,14 @@ func (cw *committer) entry(rel string, st *unix.Stat_t) error {
 	key := commitInode{st.Dev, st.Ino}
 	if typ != unix.S_IFDIR && st.Nlink > 1 {
 		if first, ok := cw.links[key]; ok {
-			h := *first
-			h.Typeflag = tar.TypeLink
-			h.Name = rel
-			h.Linkname = first.Name
-			h.Size = 0
-			h.Devmajor, h.Devminor = 0, 0
-			return cw.write(&h)
+			return cw.write(linkHeader(first, rel))
 		}
 	}
-	h := &tar.Header{
-		Name:    rel,
-		Mode:    int64(st.Mode & 0o7777),
-		Uid:     int(st.Uid),
-		Gid:     int(st.Gid),
-		ModTime: cw.mtime(st.Mtim.Sec),
-		Format:  tar.FormatPAX,
-	}
-	switch typ {
-	case unix.S_IFREG:
-		h.Typeflag = tar.TypeReg
-		h.Size = st.Size
-	case unix.S_IFDIR:
-		h.Typeflag = tar.TypeDir
-		h.Name += "/"
-	case unix.S_IFLNK:
-		h.Typeflag = tar.TypeSymlink
-		t, err := cw.upper.Readlink(rel)
-		if err != nil {
-			return err
-		}
-		h.Linkname = t
-	case unix.S_IFIFO:
-		h.Typeflag = tar.TypeFifo
-	case unix.S_IFCHR, unix.S_IFBLK:
-		h.Typeflag = tar.TypeChar
-		if typ == unix.S_IFBLK {
-			h.Typeflag = tar.TypeBlock
-		}
-		h.Devmajor = int64(unix.Major(st.Rdev))
-		h.Devminor = int64(unix.Minor(st.Rdev))
-	default:
-		return fmt.Errorf("%s: unknown file type %#o", rel, typ)
-	}
-	xs, err := cw.upper.Xattrs(rel)
+	h, err := header(rel, st, cw.opt.Epoch,
+		func() (string, error) { return cw.upper.Readlink(rel) },
+		func() ([]cow.Xattr, error) { return cw.upper.Xattrs(rel) })
 	if err != nil {
 		return err
-	}
-	for _, x := range xs {
-		if h.PAXRecords == nil {
-			h.PAXRecords = map[string]string{}
-		}
-		v := x.Value
-		if x.Name == "security.capability" {
-			v = capRevision2(v)
-		}
-		h.PAXRecords["SCHILY.xattr."+x.Name] = string(v)
 	}
 	if typ != unix.S_IFDIR && st.Nlink > 1 {
 		cw.links[key] = h
@@ -308,15 +260,6 @@ func (cw *committer) entry(rel string, st *unix.Stat_t) error {
 		return cw.data(rel, st.Size)
 	}
 	return nil
-}
-
-// mtime returns the mtime of an entry: whole seconds, clamped to the
-// epoch.
-func (cw *committer) mtime(sec int64) time.Time {
-	if e := cw.opt.Epoch; e != nil && sec > e.Unix() {
-		sec = e.Unix()
-	}
-	return time.Unix(sec, 0)
 }
 
 // write writes the header h.

@@ -146,19 +146,9 @@ func (u *Union) Serve() error {
 // with fusermount3 -u otherwise. A lazy unmount detaches a busy mount now
 // and finishes once it is no longer used.
 func Unmount(dir string, lazy bool) error {
-	p, err := resolveParent(dir)
-	if err != nil {
-		return describe(roleMountpoint, dir, err)
-	}
-	m, ok, err := lookupMount(p)
+	p, err := findMount(dir)
 	if err != nil {
 		return err
-	}
-	if !ok {
-		return fmt.Errorf("%s is not a mount point", p)
-	}
-	if m.fsType != FSType {
-		return fmt.Errorf("%s is not a unionmount mount but %s from %s", p, m.fsType, m.source)
 	}
 	return unmount(p, lazy)
 }
