@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/layer"
 	"github.com/unionmount/unionmount/store"
@@ -50,26 +49,21 @@ func openStore(c *cli.Context) (*store.Store, error) {
 // storeProgress returns a progress callback for the store's long work, or
 // nil when stderr is not a terminal.
 func storeProgress() func(store.Progress) {
-	if !stderrIsTerminal() {
+	if !isTerminal(os.Stderr) {
 		return nil
 	}
 	return func(p store.Progress) {
-		progressMu.Lock()
-		defer progressMu.Unlock()
-		if time.Since(progressLast) < 100*time.Millisecond {
-			return
-		}
-		progressLast = time.Now()
-		progressShown = true
-		item := p.Item
-		if i := strings.IndexByte(item, ':'); i >= 0 && strings.HasPrefix(item, "sha256:") {
-			item = shortID(item[i+1:])
-		}
-		done := humanSize(p.Done)
-		if p.Total > 0 {
-			done += " / " + humanSize(p.Total)
-		}
-		fmt.Fprintf(os.Stderr, "\r\033[K%s %s: %s", p.Op, item, done)
+		showProgress(func() string {
+			item := p.Item
+			if i := strings.IndexByte(item, ':'); i >= 0 && strings.HasPrefix(item, "sha256:") {
+				item = shortID(item[i+1:])
+			}
+			done := humanSize(p.Done)
+			if p.Total > 0 {
+				done += " / " + humanSize(p.Total)
+			}
+			return fmt.Sprintf("%s %s: %s", p.Op, item, done)
+		})
 	}
 }
 
@@ -420,12 +414,6 @@ func writeOutput(name string, write func(w io.Writer) error) error {
 		return err
 	}
 	return os.Rename(f.Name(), name)
-}
-
-// isTerminal reports whether f is a terminal.
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }
 
 // ago formats a time as docker does: "3 days ago".

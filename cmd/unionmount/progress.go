@@ -19,28 +19,34 @@ var (
 	progressShown bool
 )
 
-// stderrIsTerminal reports whether stderr is a terminal.
-func stderrIsTerminal() bool {
-	_, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS)
+// isTerminal reports whether f is a terminal.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
 }
 
 // progress returns a callback that shows what has been done so far under
 // label, or nil when stderr is not a terminal.
 func progress(label string) func(entries int, bytes int64) {
-	if !stderrIsTerminal() {
+	if !isTerminal(os.Stderr) {
 		return nil
 	}
 	return func(entries int, bytes int64) {
-		progressMu.Lock()
-		defer progressMu.Unlock()
-		if time.Since(progressLast) < 100*time.Millisecond {
-			return
-		}
-		progressLast = time.Now()
-		progressShown = true
-		fmt.Fprintf(os.Stderr, "\r\033[K%s: %d entries, %s", label, entries, humanSize(bytes))
+		showProgress(func() string { return fmt.Sprintf("%s: %d entries, %s", label, entries, humanSize(bytes)) })
 	}
+}
+
+// showProgress redraws the progress line with what line returns, unless
+// it was drawn less than 100 ms ago.
+func showProgress(line func() string) {
+	progressMu.Lock()
+	defer progressMu.Unlock()
+	if time.Since(progressLast) < 100*time.Millisecond {
+		return
+	}
+	progressLast = time.Now()
+	progressShown = true
+	fmt.Fprintf(os.Stderr, "\r\033[K%s", line())
 }
 
 // endProgress clears the progress line, if one is shown.
