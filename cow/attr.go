@@ -199,7 +199,7 @@ func (s *Stack) changeXattr(o *Object, rel, name string, change func(p, disk str
 
 // Fsyncdir flushes the upper directory rel, if there is one.
 func (s *Stack) Fsyncdir(rel string) error {
-	if s.upper == nil {
+	if s.upper == nil || s.cfg.Volatile {
 		return nil
 	}
 	fd, err := s.upper.open(rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)

@@ -200,3 +200,41 @@ func TestCommitKeepsHardLinks(t *testing.T) {
 		t.Errorf("inode numbers changed by the commit:\n%s", d)
 	}
 }
+
+func TestVolatileMarker(t *testing.T) {
+	ts := newTestStack(t, nil, []entry{file("f", "x")})
+	ts.Stack.Close()
+	ts.cfg.Volatile = true
+	s, err := Open(ts.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(ts.work, "volatile")
+	if _, err := os.Lstat(marker); err != nil {
+		t.Errorf("no marker while a volatile stack is open: %v", err)
+	}
+	// A crash: the stack is never closed. The next open is refused.
+	_, err = Open(ts.cfg)
+	wantErrno(t, err, unix.EUCLEAN)
+	if err := s.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if _, err := os.Lstat(marker); !os.IsNotExist(err) {
+		t.Errorf("marker left after a clean close: %v", err)
+	}
+	s, err = Open(ts.cfg)
+	if err != nil {
+		t.Fatalf("open after a clean close: %v", err)
+	}
+	s.Close()
+	// The kernel's marker is honoured too.
+	kernel := filepath.Join(ts.work, "work", "incompat", "volatile")
+	if err := os.MkdirAll(kernel, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ts.cfg.Volatile = false
+	_, err = Open(ts.cfg)
+	wantErrno(t, err, unix.EUCLEAN)
+	os.RemoveAll(filepath.Join(ts.work, "work", "incompat"))
+	ts.open(t)
+}

@@ -212,7 +212,7 @@ func (s *Stack) buildCopy(o *Object, rel string, src *unix.Stat_t, tmp string, d
 	if err := unix.UtimesNanoAt(w, tmp, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return err
 	}
-	if src.Mode&unix.S_IFMT == unix.S_IFREG && data {
+	if src.Mode&unix.S_IFMT == unix.S_IFREG && data && !s.cfg.Volatile {
 		fd, err := unix.Openat(w, tmp, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 		if err != nil {
 			return err

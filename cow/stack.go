@@ -30,6 +30,9 @@ type Config struct {
 	// UserXattr selects the user.* xattr namespace for the union's own
 	// xattrs (the kernel's userxattr mode), as needed without root.
 	UserXattr bool
+	// Volatile skips every fsync, for throwaway uppers, as the kernel's
+	// "volatile" option does (see volatile.go).
+	Volatile bool
 }
 
 // Stack is an opened set of layers.
@@ -60,6 +63,9 @@ type Stack struct {
 	// Commit, which changes the set of layers; gen counts commits.
 	live sync.RWMutex
 	gen  atomic.Uint64
+
+	// marked is set when this stack made the volatile marker.
+	marked bool
 }
 
 // Open opens the layers named by cfg and prepares the work directory,
@@ -87,9 +93,18 @@ func Open(cfg Config) (*Stack, error) {
 			return nil, err
 		}
 		s.upper = u
+		if err := checkVolatile(cfg.Work); err != nil {
+			return nil, err
+		}
 		w, err := prepareWork(cfg.Work, u.dev)
 		if err != nil {
 			return nil, err
+		}
+		if cfg.Volatile {
+			if err := markVolatile(cfg.Work); err != nil {
+				return nil, err
+			}
+			s.marked = true
 		}
 		s.work = w
 		if err := os.Mkdir(cfg.Work+"/linkindex", 0o700); err != nil && !errors.Is(err, os.ErrExist) {
@@ -180,8 +195,14 @@ func (s *Stack) layers() []*Layer {
 	return append([]*Layer{s.upper}, s.lowers...)
 }
 
-// Close releases the stack's file descriptors.
+// Close releases the stack's file descriptors. A volatile stack first
+// writes its upper's filesystem out and then drops its marker: the upper
+// is whole again.
 func (s *Stack) Close() error {
+	var err error
+	if s.marked {
+		err = unmarkVolatile(s.cfg.Work)
+	}
 	for _, l := range s.layers() {
 		l.close()
 	}
@@ -191,7 +212,7 @@ func (s *Stack) Close() error {
 	if s.index != nil {
 		s.index.close()
 	}
-	return nil
+	return err
 }
 
 // ReadOnly reports whether the stack has no upper layer.

@@ -188,6 +188,9 @@ var _ = (fusefs.FileFsyncer)((*handle)(nil))
 
 // Fsync implements fusefs.FileFsyncer.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if h.n.st.Volatile() {
+		return 0
+	}
 	defer h.n.st.Hold()()
 	fd := h.current()
 	if flags&1 != 0 { // FUSE_FSYNC_FDATASYNC

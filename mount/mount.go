@@ -53,6 +53,7 @@ func mountStack(o *Options) (*Union, error) {
 		Upper:     o.Upper,
 		Work:      o.Work,
 		UserXattr: o.UserXattr,
+		Volatile:  o.Volatile,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open layers: %w", err)

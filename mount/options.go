@@ -43,6 +43,9 @@ type Options struct {
 	// UserXattr keeps the union's own xattrs in the user.* namespace
 	// (the kernel's userxattr mode), as needed without root.
 	UserXattr bool
+	// Volatile skips every fsync (cow.Config.Volatile), for throwaway
+	// uppers.
+	Volatile bool
 	// Cache is the kernel caching policy; see fs.Cache.
 	Cache fs.Cache
 	// Debug logs every FUSE request to stderr, or to Log.
@@ -176,6 +179,8 @@ func (o *Options) setFlag(name string) error {
 		o.DefaultPermissions = true
 	case "userxattr":
 		o.UserXattr = true
+	case "volatile":
+		o.Volatile = true
 	case "debug":
 		o.Debug = true
 	default:

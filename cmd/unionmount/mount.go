@@ -30,7 +30,9 @@ The -o form is fuse-overlayfs's, so mount(8) and fstab work:
    mount -t fuse.unionmount unionmount /mnt/merged -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w
    fstab: unionmount /mnt/merged fuse.unionmount lowerdir=/l1:/l2,upperdir=/u,workdir=/w 0 0
 Other -o options: ro, rw, allow_other, default_permissions, userxattr, debug, log=FILE,
-fsname=NAME; generic mount options (nodev, noatime, nofail, ...) are ignored.
+fsname=NAME, timeout=SECONDS, volatile (no fsync at all, for throwaway uppers; an
+upper whose volatile mount crashed is refused afterwards); generic mount options
+(nodev, noatime, nofail, ...) are ignored.
 
 As root, the mount is open to all users (allow_other) and the kernel checks
 permissions (default_permissions). Other users mount through fusermount3,
