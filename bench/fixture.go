@@ -55,7 +55,7 @@ var fixedTime = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 // stampText describes the fixture this configuration needs; a kept fixture
 // with the same stamp is reused.
 func (b *bench) stampText() string {
-	return fmt.Sprintf("unionmount-bench fixture v1\nbig=%d\ntree=%s\nshadow=%s\nproj=%d\ngo=%s\n",
+	return fmt.Sprintf("unionmount-bench fixture v2\nmany=%d\nbig=%d\ntree=%s\nshadow=%s\nproj=%d\ngo=%s\n", b.cfg.many,
 		b.cfg.bigSize, strings.Join(b.cfg.treeDirs, ","), b.cfg.shadow, b.cfg.projPkgs, b.goVersion)
 }
 
@@ -242,6 +242,7 @@ func (b *bench) prepareFixture() error {
 		{"source tree", b.makeTree},
 		{"tarball", func() error { return run(b.ctx, b.lay.l2, nil, "tar", "-cf", b.lay.tarball, "tree") }},
 		{"go module and its build cache", b.makeProj},
+		{fmt.Sprintf("many/ (%d entries)", b.cfg.many), b.makeMany},
 		{"flat copy for native", b.makeFlat},
 	}
 	for _, s := range steps {
@@ -442,13 +443,31 @@ func writeProj(dir string, npkg int) error {
 	return nil
 }
 
+// makeMany writes l2/many: directories of 250 empty files each, b.cfg.many
+// entries in all.
+func (b *bench) makeMany() error {
+	root := filepath.Join(b.lay.l2, "many")
+	for i := 0; i*251 < b.cfg.many; i++ {
+		d := filepath.Join(root, fmt.Sprintf("d%04d", i))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+		for j := 0; j < 250; j++ {
+			if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("f%03d", j)), nil, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	return fixTimes(root)
+}
+
 // makeFlat builds the native floor: a plain copy of L1 over L2 (copies, not
 // hard links, so that the lowers' link counts stay 1).
 func (b *bench) makeFlat() error {
 	if err := os.MkdirAll(b.lay.flat, 0o755); err != nil {
 		return err
 	}
-	for _, name := range []string{"big.bin", "tree", "proj", "gocache"} {
+	for _, name := range []string{"big.bin", "tree", "proj", "gocache", "many"} {
 		if err := run(b.ctx, "", nil, "cp", "-a", filepath.Join(b.lay.l2, name), b.lay.flat+"/"); err != nil {
 			return err
 		}

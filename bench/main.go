@@ -71,7 +71,11 @@
 //	rm_upper                     rm -rf of that untarred tree
 //	rm_lower                     rm -rf tree/, every entry a lower one (whiteouts)
 //	gobuild_noop                 go build ./... in proj/ with GOCACHE=gocache/, offline
-//	commit                       not implemented yet
+//	commit                       unionmount commit of the untarred tree (~16k entries in the upper)
+//	commit_held                  how long that commit held writers, as it reports
+//	stat_many                    find many/ -ls: every entry of a 100k-entry tree (10k with -quick)
+//	                             looked up and stat'ed; its RSS column is the daemon's memory
+//	                             for a tree that size
 //
 // # Flags
 //
@@ -120,6 +124,7 @@ type config struct {
 	treeDirs  []string // under $GOROOT
 	shadow    string   // the subtree of tree/ that L1 also holds
 	projPkgs  int
+	many      int // entries of many/, the tree for the memory row
 }
 
 // bench is one run of the benchmark.
@@ -164,10 +169,10 @@ func parseFlags(args []string) (config, error) {
 		return c, fmt.Errorf("unexpected arguments %q", fl.Args())
 	}
 	c.bigSize, c.shadow = 1<<30, "src/net"
-	c.treeDirs, c.projPkgs = []string{"src", "test"}, 40
+	c.treeDirs, c.projPkgs, c.many = []string{"src", "test"}, 40, 100_000
 	if c.quick {
 		c.bigSize = 64 << 20
-		c.treeDirs, c.projPkgs = []string{"src/crypto", "src/go", "src/net"}, 8
+		c.treeDirs, c.projPkgs, c.many = []string{"src/crypto", "src/go", "src/net"}, 8, 10_000
 		c.rounds = cmpOr(c.rounds, 1)
 		c.randReads = cmpOr(c.randReads, 3000)
 	}
@@ -519,9 +524,10 @@ func (b *bench) header(skipped []string) string {
 	} else {
 		fmt.Fprintf(&s, "- storage: directory %s (no loop device)\n", b.lay.base)
 	}
-	fmt.Fprintf(&s, "- fixture: tree/ of $GOROOT/{%s}, %d entries, L1 shadows tree/%s (%d entries); big.bin %d MiB; %d random reads; go module of %d packages\n",
+	fmt.Fprintf(&s, "- fixture: tree/ of $GOROOT/{%s}, %d entries, L1 shadows tree/%s (%d entries); big.bin %d MiB; %d random reads; go module of %d packages; many/ of %d entries\n",
 		strings.Join(b.cfg.treeDirs, ","), countEntries(filepath.Join(b.lay.l2, "tree")), b.cfg.shadow,
-		countEntries(filepath.Join(b.lay.l1, "tree", b.cfg.shadow)), b.cfg.bigSize>>20, b.cfg.randReads, b.cfg.projPkgs)
+		countEntries(filepath.Join(b.lay.l1, "tree", b.cfg.shadow)), b.cfg.bigSize>>20, b.cfg.randReads, b.cfg.projPkgs,
+		countEntries(filepath.Join(b.lay.l2, "many")))
 	fmt.Fprintf(&s, "- systems: %s", strings.Join(b.cfg.systems, ", "))
 	if len(skipped) > 0 {
 		fmt.Fprintf(&s, " (skipped: %s)", strings.Join(skipped, "; "))

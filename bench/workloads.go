@@ -150,6 +150,9 @@ func (b *bench) workloads() []*workload {
 		run: func(s *sample) (float64, error) {
 			return 0, run(s.b.ctx, s.path("proj"), s.b.goEnv(s.path("gocache")), s.b.goBin, "build", "./...")
 		}})
+	add(&workload{name: "stat_many", unit: unitSeconds,
+		run: func(s *sample) (float64, error) { return 0, s.shell(s.path("many"), nil, "find", ".", "-ls") }})
+
 	// commit freezes an upper of the untarred tree (~16k entries) into a
 	// layer while the mount runs: the whole command (the layer is hashed
 	// after writers are released), and how long writers were held.
