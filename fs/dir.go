@@ -205,7 +205,10 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, e
 	}
-	return ch, newHandle(ch.Operations().(*Node), fd, flags, true), n.openFlags(), 0
+	node := ch.Operations().(*Node)
+	// A new file has no security.capability; see killPriv.
+	node.noPrivs.Store(out.Attr.Mode&(unix.S_ISUID|unix.S_ISGID) == 0)
+	return ch, newHandle(node, fd, flags, true), n.openFlags(), 0
 }
 
 var _ = (fusefs.NodeTmpfiler)((*Node)(nil))
