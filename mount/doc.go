@@ -42,4 +42,20 @@
 // only once the daemon reported over a pipe that the mount is live, or
 // with the daemon's error. The daemon exits by itself once the mount point
 // is unmounted, by umount(8), fusermount3 -u or Unmount.
+//
+// # Control socket
+//
+// A live mount answers the commands that need its daemon on a unix socket,
+// RUNTIME/MAJ:MIN.sock, named after the mount's device number, in a
+// directory only its user can enter (control.go): "info" (its layers),
+// "commit" (fs.Server.Commit, which freezes the upper while the mount
+// runs) and "which". CommitMount, MountInfo, ListLayers and Which are the
+// client side; CommitUpper commits an upper that is not mounted.
+//
+// # Images
+//
+// With Options.Image the lowers are an image's layers, unpacked in an
+// image store (package store), and without an upper the mount gets a fresh
+// container layer in the store (image.go). CommitImage commits such a
+// mount, or one of plain directories, and stores it as an image.
 package mount
