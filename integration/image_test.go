@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -383,5 +384,97 @@ func TestImageFromUmoci(t *testing.T) {
 		if strings.Contains(all, gone) {
 			t.Errorf("umoci's tree has %q:%s", gone, all)
 		}
+	}
+}
+
+// TestImageRootless is the container story as an unprivileged user: import
+// a rootfs with a device node (it becomes an empty placeholder file),
+// mount the image through fusermount3, change it, commit it as a new
+// image, and check the new image with umoci.
+func TestImageRootless(t *testing.T) {
+	needRoot(t) // to become the unprivileged user
+	needFUSE(t)
+	needTools(t, "umoci", "fusermount3")
+	root := permSharedDir(t)
+	exe := permCopyExe(t, binary, root, "unionmount")
+	work := filepath.Join(root, "user")
+	os.Mkdir(work, 0o755)
+	if err := os.Chown(work, rootlessUID, rootlessGID); err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(work, "store")
+	merged := filepath.Join(work, "m")
+	rootfs := filepath.Join(root, "rootfs.tar")
+	rootfsTar(t, rootfs)
+	f, _ := os.ReadFile(rootfs)
+	// Append a device node: rewrite the tarball with one more entry.
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tr := tar.NewReader(bytes.NewReader(f))
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		tw.WriteHeader(h)
+		io.Copy(tw, tr)
+	}
+	tw.WriteHeader(&tar.Header{Name: "dev/", Typeflag: tar.TypeDir, Mode: 0o755, Format: tar.FormatPAX})
+	tw.WriteHeader(&tar.Header{Name: "dev/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3, Format: tar.FormatPAX})
+	tw.Close()
+	os.WriteFile(rootfs, buf.Bytes(), 0o644)
+
+	asUser := func(name string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Dir = work
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + work, "UNIONMOUNT_STORE=" + store}
+		cmd.SysProcAttr = permCred(rootlessUID, rootlessGID)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %s as uid %d: %v\n%s", name, strings.Join(args, " "), rootlessUID, err, out)
+		}
+		return string(out)
+	}
+	out := asUser(exe, "import", rootfs, "base:1")
+	if !strings.Contains(out, "dev/null") {
+		t.Errorf("import as a user says nothing of the device it could not make:\n%s", out)
+	}
+	os.Mkdir(merged, 0o755)
+	os.Chown(merged, rootlessUID, rootlessGID)
+	t.Cleanup(func() {
+		if isMounted(merged) {
+			if out, err := rootlessRun("fusermount3", "-u", merged); err != nil {
+				t.Errorf("fusermount3 -u: %v\n%s", err, out)
+				exec.Command("umount", "-l", merged).Run()
+			}
+		}
+		rootlessWaitGone(t, exe, merged)
+	})
+	asUser(exe, "--image", "base:1", merged)
+	out = asUser("sh", "-c", "stat -c '%F %s' m/dev/null && echo new > m/etc/new && rm m/var/log/syslog && rm -r m/usr/share/doc && mkdir m/usr/share/doc && "+exe+" diff m")
+	if !strings.HasPrefix(out, "regular empty file 0\n") {
+		t.Errorf("the device in the image, mounted by a user: %q, want an empty placeholder file", out)
+	}
+	for _, want := range []string{"A /etc/new", "D /var/log/syslog", "C /usr/share/doc", "D /usr/share/doc/README"} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("diff lacks %q:\n%s", want, out)
+		}
+	}
+	asUser(exe, "commit", merged, "--tag", "base:2", "-m", "as a user")
+
+	bundle := filepath.Join(root, "bundle")
+	tool(t, "umoci", "unpack", "--image", store+":base:2", bundle)
+	rfs := filepath.Join(bundle, "rootfs")
+	if data, err := os.ReadFile(filepath.Join(rfs, "etc/new")); err != nil || string(data) != "new\n" {
+		t.Errorf("umoci: etc/new = %q, %v", data, err)
+	}
+	for _, gone := range []string{"var/log/syslog", "usr/share/doc/README"} {
+		if _, err := os.Lstat(filepath.Join(rfs, gone)); !os.IsNotExist(err) {
+			t.Errorf("umoci: %s should be gone: %v", gone, err)
+		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(rfs, "usr/share/doc")); err != nil || len(ents) != 0 {
+		t.Errorf("umoci: usr/share/doc should be an empty directory: %v, %v", ents, err)
 	}
 }
