@@ -13,7 +13,7 @@ import (
 // discard. It returns the descriptor and o as it is now.
 func (s *Stack) Open(o *Object, rel string, flags int) (int, *Object, error) {
 	write := flags&unix.O_ACCMODE != unix.O_RDONLY || flags&unix.O_TRUNC != 0
-	if write && !o.Layer.upper {
+	if write && !o.DataUpper() {
 		c, err := s.CopyUp(o, rel, flags&unix.O_TRUNC == 0)
 		if err != nil {
 			return -1, nil, err
@@ -23,6 +23,14 @@ func (s *Stack) Open(o *Object, rel string, flags int) (int, *Object, error) {
 	// O_DIRECT buffers come from the kernel's FUSE layer, not from the
 	// caller, and need not be aligned: the backing file does without.
 	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_DIRECT
+	if o.meta {
+		// A metadata-only copy is read from its data below.
+		if o.data == nil {
+			return -1, nil, errNoData(rel)
+		}
+		fd, err := o.data.open(o.dataRel, unix.O_RDONLY|flags&unix.O_NONBLOCK, 0)
+		return fd, o, err
+	}
 	if !o.Layer.upper {
 		flags = unix.O_RDONLY | flags&unix.O_NONBLOCK
 	}
@@ -63,16 +71,27 @@ type Attr struct {
 	FromHandle int // an open writable descriptor of the object to use, or -1
 }
 
-// Setattr changes the attributes of o at rel, copying it up first.
+// Setattr changes the attributes of o at rel, copying it up first: only
+// its metadata unless the size changes (metacopy.go).
 func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
-	if !o.Layer.upper {
-		// Truncating to zero needs no data.
-		data := a.Size == nil || *a.Size != 0
-		c, err := s.CopyUp(o, rel, data)
+	if a.Size == nil && !o.Layer.upper {
+		c, err := s.CopyUpMeta(o, rel)
 		if err != nil {
 			return nil, err
 		}
 		o = c
+	} else if a.Size != nil && !o.DataUpper() {
+		// Truncating to zero needs no data.
+		c, err := s.CopyUp(o, rel, *a.Size != 0)
+		if err != nil {
+			return nil, err
+		}
+		o = c
+	}
+	if o.meta {
+		var unlock func()
+		o, unlock = s.lockMeta(o, rel)
+		defer unlock()
 	}
 	u := o.Layer
 	rel = o.loc(rel)
@@ -184,15 +203,23 @@ func (s *Stack) changeXattr(o *Object, rel, name string, change func(p, disk str
 		return nil, &errRO
 	}
 	if !o.Layer.upper {
-		c, err := s.CopyUp(o, rel, true)
+		c, err := s.CopyUpMeta(o, rel)
 		if err != nil {
 			return nil, err
 		}
 		o = c
 	}
+	if o.meta {
+		var unlock func()
+		o, unlock = s.lockMeta(o, rel)
+		defer unlock()
+	}
 	err := o.Layer.withPath(o.loc(rel), func(p string) error { return change(p, disk) })
 	if err != nil {
 		return nil, fmt.Errorf("xattr %s on %s: %w", name, path.Join(o.Layer.Dir, o.loc(rel)), err)
+	}
+	if o.meta {
+		return s.keepMeta(o, rel)
 	}
 	return o, nil
 }

@@ -141,7 +141,7 @@ func (s *Stack) prepareFresh(dir string) error {
 	}
 	root := &Object{Layer: s.upper, Mode: st.Mode, Ino: s.ino(s.upper, "", &st)}
 	tmp := s.tmpName()
-	if err := s.buildCopy(root, "", &st, tmp, false); err != nil {
+	if err := s.buildCopy(root, "", &st, tmp, copyNoData); err != nil {
 		removeAll(s.work, tmp)
 		return fmt.Errorf("prepare a fresh upper: %w", err)
 	}

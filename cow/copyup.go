@@ -25,6 +25,9 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 		return s.materialize(o, rel)
 	}
 	if o.Layer.upper {
+		if o.meta {
+			return s.copyUpData(o, rel, data)
+		}
 		return o, nil
 	}
 	// Parents first, and before taking rel's lock: copy-up locks are
@@ -49,7 +52,7 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 	if multi {
 		data = true
 	}
-	if err := s.buildCopy(o, rel, &src, tmp, data); err != nil {
+	if err := s.buildCopy(o, rel, &src, tmp, copyHow(data)); err != nil {
 		removeAll(s.work, tmp)
 		return nil, fmt.Errorf("copy up %s: %w", rel, err)
 	}
@@ -110,7 +113,7 @@ func (s *Stack) copyUpDir(rel string) error {
 	}
 	tmp := s.tmpName()
 	o := &Object{Layer: l, Mode: st.Mode, Ino: s.ino(l, rel, &st)}
-	if err := s.buildCopy(o, rel, &st, tmp, false); err != nil {
+	if err := s.buildCopy(o, rel, &st, tmp, copyNoData); err != nil {
 		removeAll(s.work, tmp)
 		return fmt.Errorf("copy up %s: %w", rel, err)
 	}
@@ -150,9 +153,26 @@ func (s *Stack) topLower(rel string) (*Layer, unix.Stat_t, error) {
 	return nil, unix.Stat_t{}, &pathErrNoent
 }
 
+// copyKind says what buildCopy puts in a regular file.
+type copyKind int
+
+const (
+	copyNoData   copyKind = iota // nothing: the caller truncates it anyway
+	copyWithData                 // its data, from o's data (dataLoc)
+	copyMetaOnly                 // a metadata-only copy (format.go)
+)
+
+func copyHow(data bool) copyKind {
+	if data {
+		return copyWithData
+	}
+	return copyNoData
+}
+
 // buildCopy creates in the work directory, as tmp, a copy of o (attributes
-// src) with the same type, data, xattrs, owner, mode and times.
-func (s *Stack) buildCopy(o *Object, rel string, src *unix.Stat_t, tmp string, data bool) error {
+// src) with the same type, data (as how says), xattrs, owner, mode and
+// times.
+func (s *Stack) buildCopy(o *Object, rel string, src *unix.Stat_t, tmp string, how copyKind) error {
 	w := s.work.fd
 	mode := src.Mode & 0o7777
 	switch src.Mode & unix.S_IFMT {
@@ -162,14 +182,23 @@ func (s *Stack) buildCopy(o *Object, rel string, src *unix.Stat_t, tmp string, d
 			return err
 		}
 		defer unix.Close(dst)
-		if data {
-			in, err := o.Layer.open(rel, unix.O_RDONLY, 0)
+		switch how {
+		case copyWithData:
+			dl, drel := o.dataLoc(rel)
+			if dl == nil {
+				return errNoData(rel)
+			}
+			in, err := dl.open(drel, unix.O_RDONLY, 0)
 			if err != nil {
 				return err
 			}
 			err = copyData(dst, in, src.Size)
 			unix.Close(in)
 			if err != nil {
+				return err
+			}
+		case copyMetaOnly:
+			if err := unix.Ftruncate(dst, src.Size); err != nil {
 				return err
 			}
 		}
@@ -199,6 +228,12 @@ func (s *Stack) buildCopy(o *Object, rel string, src *unix.Stat_t, tmp string, d
 	if err := s.work.setxattr(tmp, s.inoXattr(), []byte(strconv.FormatUint(o.Ino, 10))); err != nil && !ignorableXattrErr(err) {
 		return err
 	}
+	if how == copyMetaOnly {
+		_, origin := o.dataLoc(rel)
+		if err := s.setMetacopy(tmp, rel, origin); err != nil {
+			return err
+		}
+	}
 	isLink := src.Mode&unix.S_IFMT == unix.S_IFLNK
 	if !isLink {
 		// The mode last but for times: the copy stays writable for
@@ -212,7 +247,7 @@ func (s *Stack) buildCopy(o *Object, rel string, src *unix.Stat_t, tmp string, d
 	if err := unix.UtimesNanoAt(w, tmp, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return err
 	}
-	if src.Mode&unix.S_IFMT == unix.S_IFREG && data && !s.cfg.Volatile {
+	if src.Mode&unix.S_IFMT == unix.S_IFREG && how == copyWithData && !s.cfg.Volatile {
 		fd, err := unix.Openat(w, tmp, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 		if err != nil {
 			return err

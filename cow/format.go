@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"slices"
 	"strings"
 
@@ -37,6 +38,27 @@ import (
 //     remount (the kernel keeps the same kind of index with index=on);
 //   - overlay.unionmount.lowerlinks on such a copy: how many of its lower
 //     names still show it through the index.
+//
+// Metadata-only copy-up (overlayfs.rst, "Metadata only copy up"), in the
+// kernel's own encoding, written and read:
+//   - overlay.metacopy with an empty value on a regular file: only its
+//     metadata (owner, mode, times, xattrs, size) is in this layer; its
+//     data is the regular file at the same path in the layers below it,
+//     found as a lookup there finds it. The file itself is sparse: its
+//     size is the data's, with no blocks of its own;
+//   - overlay.redirect on such a file, set before it is renamed: the
+//     absolute path ("/dir/name") of its data in the layers below, read
+//     instead of its own path. A relative redirect (a name, as the kernel
+//     may write for a rename within one directory) is read relative to
+//     the file's directory. Redirects of directories are not read.
+//
+// A kernel mounts such an upper with metacopy=on (and redirect_dir=on for
+// renamed files); without, it refuses the file (EPERM) rather than show its
+// empty placeholder. Only a regular file with fewer allocated bytes than its
+// size (st_blocks*512 < st_size) may be a metacopy file, so a lookup reads
+// the xattr of those only; a copy-up that cannot make its placeholder so
+// (xattrs that take a block of their own on ext4 or XFS, for a small file)
+// copies the data instead.
 //
 // As in the kernel, a user's own xattrs in that namespace are escaped: the
 // merged view's trusted.overlay.X is trusted.overlay.overlay.X on disk.
@@ -113,6 +135,8 @@ func markerTarget(name string) (string, bool) {
 }
 
 func (s *Stack) opaqueXattr() string     { return s.ownPrefix() + "opaque" }
+func (s *Stack) metacopyXattr() string   { return s.ownPrefix() + "metacopy" }
+func (s *Stack) redirectXattr() string   { return s.ownPrefix() + "redirect" }
 func (s *Stack) inoXattr() string        { return s.ownPrefix() + "unionmount.ino" }
 func (s *Stack) lowerLinksXattr() string { return s.ownPrefix() + "unionmount.lowerlinks" }
 
@@ -327,4 +351,89 @@ func (s *Stack) normalizeOpaque(rel string) error {
 		}
 	}
 	return nil
+}
+
+// mayBeMetacopy reports whether a file with the attributes st can be a
+// metadata-only copy: a regular file with fewer allocated bytes than its
+// size. Only these need the xattr read.
+func mayBeMetacopy(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size > 0 && st.Blocks*512 < st.Size
+}
+
+// metacopyOrigin reports whether the file rel in l, with attributes st, is
+// a metadata-only copy, and the path of its data in the layers below:
+// its redirect, or rel itself.
+func (s *Stack) metacopyOrigin(l *Layer, rel string, st *unix.Stat_t) (string, bool) {
+	if !mayBeMetacopy(st) {
+		return "", false
+	}
+	if _, err := l.getxattr(rel, s.metacopyXattr()); err != nil {
+		return "", false
+	}
+	v, err := l.getxattr(rel, s.redirectXattr())
+	if err != nil {
+		return rel, true
+	}
+	return redirectPath(rel, string(v)), true
+}
+
+// redirectPath returns the path a redirect xattr value names for the object
+// at rel: absolute from the layers' root, or a name in rel's directory.
+func redirectPath(rel, v string) string {
+	if strings.HasPrefix(v, "/") {
+		return strings.Trim(path.Clean(v), "/")
+	}
+	dir, _ := split(rel)
+	return join(dir, v)
+}
+
+// setMetacopy marks the file tmp in the work directory a metadata-only
+// copy whose data is at origin in the layers below; rel is where it will
+// be placed.
+func (s *Stack) setMetacopy(tmp, rel, origin string) error {
+	if err := s.work.setxattr(tmp, s.metacopyXattr(), []byte{}); err != nil {
+		return err
+	}
+	if origin != rel {
+		return s.work.setxattr(tmp, s.redirectXattr(), []byte("/"+origin))
+	}
+	return nil
+}
+
+// setRedirect records, on the metadata-only copy rel in the upper, that its
+// data is at origin in the layers below, as the kernel does before it
+// renames one.
+func (s *Stack) setRedirect(rel, origin string) error {
+	return s.upper.setxattr(rel, s.redirectXattr(), []byte("/"+origin))
+}
+
+// MetacopyOrigin reports whether the regular file rel of the layer is a
+// metadata-only copy (an empty overlay.metacopy xattr in either
+// namespace), and then the path, relative to the root, of its data in the
+// layers below: its overlay.redirect, or rel itself. Unlike a lookup in a
+// stack it reads the xattrs of every regular file, so that a commit never
+// takes a placeholder for data.
+func (d *LayerDir) MetacopyOrigin(rel string) (string, bool, error) {
+	var origin string
+	var meta bool
+	err := d.l.readXattrs(rel, func(p string, follow bool) error {
+		for _, ns := range []string{"trusted.overlay.", "user.overlay."} {
+			if _, err := getxattrAt(p, ns+"metacopy", follow); err != nil {
+				if errors.Is(err, unix.ENODATA) || ignorableXattrErr(err) {
+					continue
+				}
+				return err
+			}
+			meta, origin = true, rel
+			if v, err := getxattrAt(p, ns+"redirect", follow); err == nil {
+				origin = redirectPath(rel, string(v))
+			}
+			return nil
+		}
+		return nil
+	})
+	if err != nil {
+		return "", false, fmt.Errorf("read the metacopy xattr of %s: %w", path.Join(d.l.Dir, rel), err)
+	}
+	return origin, meta, nil
 }

@@ -228,12 +228,20 @@ func (d *LayerDir) Readlink(rel string) (string, error) {
 //     and the host's labels and policy: security.selinux and every other
 //     security.* (LSM labels, EVM), system.nfs4_acl and unknown namespaces.
 //
-// An object carrying overlay.redirect or overlay.metacopy (in either
-// namespace) is refused with an error wrapping ENOTSUP: its content is
-// partly in the layers below.
+// Anything but a regular file carrying overlay.redirect or
+// overlay.metacopy (in either namespace; a directory renamed with
+// redirect_dir) is refused with an error wrapping ENOTSUP: its content is
+// partly in the layers below. A regular file may carry them: it is a
+// metadata-only copy (see MetacopyOrigin), whose data a caller reads from
+// the layers below.
 func (d *LayerDir) Xattrs(rel string) ([]Xattr, error) {
 	var out []Xattr
 	err := d.l.withPath(rel, func(p string) error {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			return d.l.err("stat", rel, err)
+		}
+		isRegular := st.Mode&unix.S_IFMT == unix.S_IFREG
 		names, err := listxattrAt(p, true)
 		if err != nil {
 			if ignorableXattrErr(err) {
@@ -242,7 +250,7 @@ func (d *LayerDir) Xattrs(rel string) ([]Xattr, error) {
 			return fmt.Errorf("listxattr %s: %w", path.Join(d.l.Dir, rel), err)
 		}
 		for _, n := range names {
-			if unreadableXattr(n) {
+			if unreadableXattr(n) && !isRegular {
 				return d.unreadable(rel, n)
 			}
 			if !layerXattr(n) {
@@ -351,6 +359,27 @@ func (v *LowerView) LookupPath(rel string) (*Object, error) {
 		dirRel = join(dirRel, name)
 	}
 	return o, nil
+}
+
+// OpenFile opens for reading the data of the regular file the view shows
+// at rel (for a metadata-only copy, its data below). Nothing there, or no
+// data, is an error wrapping ENOENT; another type one wrapping EINVAL.
+func (v *LowerView) OpenFile(rel string) (*os.File, error) {
+	o, err := v.LookupPath(rel)
+	if err != nil {
+		return nil, err
+	}
+	if o == nil {
+		return nil, &os.PathError{Op: "open", Path: rel, Err: fmt.Errorf("not in the lower layers: %w", unix.ENOENT)}
+	}
+	if o.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, &os.PathError{Op: "open", Path: rel, Err: fmt.Errorf("not a regular file: %w", unix.EINVAL)}
+	}
+	fd, _, err := v.s.Open(o, rel, unix.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), path.Join(o.Layer.Dir, rel)), nil
 }
 
 // Readdir lists the directory dir at rel as the view shows it (see

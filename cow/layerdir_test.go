@@ -174,22 +174,35 @@ func TestLayerDirXattrs(t *testing.T) {
 	}
 }
 
-// TestLayerDirRefusesRedirectAndMetacopy checks that an upper written with
-// redirect_dir or metacopy is refused: a walk of it alone would lose data.
+// TestLayerDirRefusesRedirectAndMetacopy checks that a directory written
+// with redirect_dir (or marked metacopy) is refused: a walk of it alone
+// would lose data. A regular file may be a metadata-only copy: its xattrs
+// are read, without the union's, and MetacopyOrigin says where its data is.
 func TestLayerDirRefusesRedirectAndMetacopy(t *testing.T) {
 	root := t.TempDir()
 	buildTree(t, root, []entry{
 		dir("renamed").withXattr("user.overlay.redirect", "/old"),
-		file("meta", "").withXattr("user.overlay.metacopy", "x"),
+		dir("metadir").withXattr("user.overlay.metacopy", ""),
+		file("meta", "").withXattr("user.overlay.metacopy", "").withXattr("user.overlay.redirect", "/old/f").withXattr("user.x", "1"),
+		file("plain", "p"),
 	})
 	d := openLayerDir(t, root)
 	if _, _, err := d.ReadDir("renamed"); !errors.Is(err, unix.ENOTSUP) || !strings.Contains(err.Error(), "redirect_dir/metacopy") {
 		t.Errorf("ReadDir(renamed) = %v, want ENOTSUP naming redirect_dir/metacopy", err)
 	}
-	for _, rel := range []string{"renamed", "meta"} {
+	for _, rel := range []string{"renamed", "metadir"} {
 		if _, err := d.Xattrs(rel); !errors.Is(err, unix.ENOTSUP) {
 			t.Errorf("Xattrs(%s) = %v, want ENOTSUP", rel, err)
 		}
+	}
+	if xs, err := d.Xattrs("meta"); err != nil || len(xs) != 1 || xs[0].Name != "user.x" {
+		t.Errorf("Xattrs(meta) = %v, %v; want user.x only", xs, err)
+	}
+	if origin, ok, err := d.MetacopyOrigin("meta"); err != nil || !ok || origin != "old/f" {
+		t.Errorf("MetacopyOrigin(meta) = %q, %v, %v; want old/f", origin, ok, err)
+	}
+	if _, ok, err := d.MetacopyOrigin("plain"); err != nil || ok {
+		t.Errorf("MetacopyOrigin(plain) = %v, %v; want no", ok, err)
 	}
 }
 

@@ -3,6 +3,7 @@ package cow
 import (
 	"errors"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,28 @@ type Object struct {
 	// indexName is the object's name in the link index when it is served
 	// from there (Layer is then the index); see linkindex.go.
 	indexName string
+	// meta is set for a metadata-only copy (format.go): Layer holds
+	// its metadata, and data, at dataRel, its data (nil when no layer
+	// below has it).
+	meta    bool
+	data    *Layer
+	dataRel string
+}
+
+// Metacopy reports whether o is a metadata-only copy: its layer holds its
+// metadata, a layer below it its data.
+func (o *Object) Metacopy() bool { return o.meta }
+
+// DataUpper reports whether o's data is in the upper layer: o is there and
+// is not a metadata-only copy.
+func (o *Object) DataUpper() bool { return o.Layer.upper && !o.meta }
+
+// dataLoc returns the layer and path of o's data, o being at rel.
+func (o *Object) dataLoc(rel string) (*Layer, string) {
+	if o.meta {
+		return o.data, o.dataRel
+	}
+	return o.Layer, o.loc(rel)
 }
 
 // IsDir reports whether o is a directory.
@@ -110,6 +133,7 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 				if !l.upper {
 					o.Lowers = []*Layer{l}
 				}
+				s.resolveMetacopy(o, l, rel, &st)
 				break
 			}
 		} else {
@@ -167,8 +191,54 @@ func (s *Stack) Stat(o *Object, rel string) (unix.Stat_t, error) {
 	return st, nil
 }
 
-// FixStat turns a layer's attributes into the merged view's.
+// resolveMetacopy marks o, found at rel in l with attributes st, a
+// metadata-only copy when it is one, and finds its data in the layers below
+// l.
+func (s *Stack) resolveMetacopy(o *Object, l *Layer, rel string, st *unix.Stat_t) {
+	origin, ok := s.metacopyOrigin(l, rel, st)
+	if !ok {
+		return
+	}
+	o.meta = true
+	o.data, o.dataRel = s.dataBelow(l, origin)
+}
+
+// dataBelow returns the layer below l, and the path there, of the data of a
+// metadata-only copy in l whose data is at rel: the regular file the merged
+// view of those layers shows at rel, followed through further
+// metadata-only copies. The layer is nil if there is none.
+func (s *Stack) dataBelow(l *Layer, rel string) (*Layer, string) {
+	layers := s.layers()
+	i := slices.Index(layers, l)
+	if i < 0 {
+		return nil, rel
+	}
+	for _, b := range layers[i+1:] {
+		st, err := b.lstat(rel)
+		if err == nil {
+			if st.Mode&unix.S_IFMT != unix.S_IFREG {
+				return nil, rel
+			}
+			if origin, ok := s.metacopyOrigin(b, rel, &st); ok {
+				return s.dataBelow(b, origin)
+			}
+			return b, rel
+		}
+		if _, _, hidden := b.hides(rel); hidden {
+			return nil, rel
+		}
+	}
+	return nil, rel
+}
+
+// FixStat turns a layer's attributes into the merged view's. A
+// metadata-only copy reports the blocks of its data, as the kernel does.
 func (s *Stack) FixStat(o *Object, st *unix.Stat_t) {
+	if o.meta && o.data != nil {
+		if dst, err := o.data.lstat(o.dataRel); err == nil {
+			st.Blocks = dst.Blocks
+		}
+	}
 	st.Ino = o.Ino
 	// A merged directory reports one link, as the kernel's does:
 	// counting subdirectories across layers is not worth it.

@@ -171,7 +171,10 @@ func (s *Stack) renamed(o *Object, tree bool) *Object {
 // with its whole merged tree (tree is then true).
 func (s *Stack) copyUpForRename(o *Object, rel string) (c *Object, tree bool, err error) {
 	if !o.IsDir() {
-		c, err := s.CopyUp(o, rel, true)
+		c, err := s.CopyUpMeta(o, rel)
+		if err == nil {
+			c, err = s.markMoved(c, rel)
+		}
 		return c, false, err
 	}
 	if !isMerged(o) {

@@ -30,6 +30,10 @@ type Config struct {
 	// UserXattr selects the user.* xattr namespace for the union's own
 	// xattrs (the kernel's userxattr mode), as needed without root.
 	UserXattr bool
+	// Metacopy lets a change of metadata copy up only the metadata of a
+	// big regular file (metacopy.go). Metadata-only copies are read
+	// whatever it says.
+	Metacopy bool
 	// Volatile skips every fsync, for throwaway uppers, as the kernel's
 	// "volatile" option does (see volatile.go).
 	Volatile bool

@@ -28,6 +28,12 @@ type Source struct {
 	Below string `json:",omitempty"`
 	// Index is set when Path is a hard link served from the link index.
 	Index bool `json:",omitempty"`
+	// Data names, for a metadata-only copy in Layer, the layer that
+	// holds its data, and DataPath its path there; Data is empty when
+	// no layer does.
+	Metacopy bool   `json:",omitempty"`
+	Data     string `json:",omitempty"`
+	DataPath string `json:",omitempty"`
 }
 
 // Which tells where the merged path rel comes from. A path that no layer
@@ -40,6 +46,12 @@ func (s *Stack) Which(rel string) (Source, error) {
 		if o.indexName != "" {
 			src.Index = true
 			src.Layer = o.Lowers[0].Dir
+		}
+		if o.meta {
+			src.Metacopy, src.DataPath = true, o.dataRel
+			if o.data != nil {
+				src.Data = o.data.Dir
+			}
 		}
 		if o.IsDir() {
 			for _, l := range o.Lowers {

@@ -32,7 +32,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if c != o {
 		n.setObject(c)
 	}
-	return newHandle(n, fd, flags, c.Upper()), n.openFlags(), 0
+	return newHandle(n, fd, flags, c.DataUpper()), n.openFlags(), 0
 }
 
 // openFlags are the FOPEN_ flags of a file handle: no FLUSH requests (a
@@ -46,11 +46,13 @@ func (n *Node) openFlags() uint32 {
 	return flags
 }
 
-// handle is an open file. A handle opened on a lower file moves to the
-// upper copy on its next read once the file has been copied up, so it sees
-// what was written after the copy-up. A handle whose file a commit froze
-// into a lower copies it up again on its next write, so the committed layer
-// never changes.
+// handle is an open file. A handle opened on a lower file, or on the data
+// below a metadata-only copy, moves to the upper copy on its next read once
+// the data has been copied up, so it sees what was written after the
+// copy-up. A handle whose file a commit froze into a lower copies it up
+// again on its next write, so the committed layer never changes. The
+// attributes of a handle on the data below a metadata-only copy are the
+// copy's.
 type handle struct {
 	n *Node
 	// flags are the open flags, to open the file again after a copy-up.
@@ -69,6 +71,13 @@ func newHandle(n *Node, fd int, flags uint32, upper bool) *handle {
 	return &handle{n: n, fd: fd, flags: reopen, upper: upper, gen: n.st.Generation()}
 }
 
+// inUpperNow reports whether fd is in the current upper.
+func (h *handle) inUpperNow() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.inUpper()
+}
+
 // inUpper reports whether fd is in the current upper; h.mu is held.
 func (h *handle) inUpper() bool { return h.upper && h.gen == h.n.st.Generation() }
 
@@ -80,7 +89,7 @@ func (h *handle) current() int {
 		return h.fd
 	}
 	rel, o, e := h.n.object()
-	if e != 0 || !o.Upper() {
+	if e != 0 || !o.DataUpper() {
 		return h.fd
 	}
 	fd, _, err := h.n.st.Open(o, rel, h.flags)
@@ -209,10 +218,20 @@ func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 
 func (h *handle) getattr(out *fuse.AttrOut) syscall.Errno {
 	var st unix.Stat_t
-	if err := unix.Fstat(h.current(), &st); err != nil {
+	fd := h.current()
+	rel, o, e := h.n.object()
+	if e == 0 && o.Metacopy() && !h.inUpperNow() {
+		// fd is the data below; the attributes are the upper's.
+		s, err := h.n.st.Stat(o, rel)
+		if err != nil {
+			return errno(err)
+		}
+		fillAttr(&out.Attr, &s)
+		return 0
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
 		return errno(err)
 	}
-	_, o, _ := h.n.object()
 	if o != nil {
 		h.n.st.FixStat(o, &st)
 	}

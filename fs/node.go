@@ -121,12 +121,12 @@ func (n *Node) setObject(o *cow.Object) {
 	n.mu.Unlock()
 }
 
-// copiedUp reports whether n's object is in the upper now, or may be (a
+// copiedUp reports whether n's data is in the upper now, or may be (a
 // stale object is looked up again by object).
 func (n *Node) copiedUp() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.stale || n.obj.Upper()
+	return n.stale || n.obj.DataUpper()
 }
 
 // invalidate marks n stale.

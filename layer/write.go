@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"time"
 
@@ -41,8 +42,11 @@ import (
 //   - FIFOs, devices and symlinks as they are. Sockets are left out with a
 //     warning (a tar cannot hold one); sparse files are written in full.
 //
-// An upper written with redirect_dir or metacopy is refused with an error
-// wrapping ENOTSUP. Write closes the tar but not w.
+// A metadata-only copy (the kernel's metacopy, which unionmount writes too)
+// is written whole: its metadata from the upper, its data from the file its
+// path, or its overlay.redirect, names in the lowers; so a layer never holds
+// a placeholder. An upper with a directory written with redirect_dir is
+// refused with an error wrapping ENOTSUP. Write closes the tar but not w.
 func Write(w io.Writer, upper string, lowers []string, opt Options) (Stats, error) {
 	c, err := openChangeset(upper, lowers)
 	if err != nil {
@@ -262,6 +266,24 @@ func (cw *committer) entry(rel string, st *unix.Stat_t) error {
 	return nil
 }
 
+// open opens the data of the regular file rel of the upper: the file
+// itself, or for a metadata-only copy (overlay.metacopy) the file its data
+// is in, in the lowers.
+func (cw *committer) open(rel string) (*os.File, error) {
+	origin, meta, err := cw.upper.MetacopyOrigin(rel)
+	if err != nil {
+		return nil, err
+	}
+	if !meta {
+		return cw.upper.Open(rel)
+	}
+	f, err := cw.lower.OpenFile(origin)
+	if err != nil {
+		return nil, fmt.Errorf("%s is a metadata-only copy: read its data: %w", rel, err)
+	}
+	return f, nil
+}
+
 // write writes the header h.
 func (cw *committer) write(h *tar.Header) error {
 	if err := cw.tw.WriteHeader(h); err != nil {
@@ -281,7 +303,7 @@ func (cw *committer) data(rel string, size int64) error {
 	if size == 0 {
 		return nil
 	}
-	f, err := cw.upper.Open(rel)
+	f, err := cw.open(rel)
 	if err != nil {
 		return err
 	}

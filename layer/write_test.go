@@ -496,10 +496,6 @@ func TestWrite(t *testing.T) {
 		name:  "redirect refused",
 		upper: []writeOp{fx.Dir("moved"), fx.Xattr("moved", "trusted.overlay.redirect", "/old")},
 		errno: unix.ENOTSUP,
-	}, {
-		name:  "metacopy refused",
-		upper: []writeOp{fx.File("f", ""), fx.Xattr("f", "user.overlay.metacopy", "")},
-		errno: unix.ENOTSUP,
 	}}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

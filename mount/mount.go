@@ -54,6 +54,7 @@ func mountStack(o *Options) (*Union, error) {
 		Work:      o.Work,
 		UserXattr: o.UserXattr,
 		Volatile:  o.Volatile,
+		Metacopy:  !o.NoMetacopy,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open layers: %w", err)

@@ -46,6 +46,10 @@ type Options struct {
 	// Volatile skips every fsync (cow.Config.Volatile), for throwaway
 	// uppers.
 	Volatile bool
+	// NoMetacopy turns metadata-only copy-up off (-o metacopy=off): a
+	// change of metadata copies the whole file, as before. Metadata-only
+	// copies already in the layers are read either way.
+	NoMetacopy bool
 	// Cache is the kernel caching policy; see fs.Cache.
 	Cache fs.Cache
 	// Debug logs every FUSE request to stderr, or to Log.
@@ -109,6 +113,15 @@ func (o *Options) Parse(args []string, mountOpts []string) error {
 				o.Cache.Timeout = time.Duration(secs * float64(time.Second))
 			case key == "log" && hasVal:
 				o.Log = unescape(val)
+			case key == "metacopy" && hasVal:
+				switch val {
+				case "on":
+					o.NoMetacopy = false
+				case "off":
+					o.NoMetacopy = true
+				default:
+					return fmt.Errorf("mount option %q: want on or off", opt)
+				}
 			case hasVal:
 				if !ignoredValue[key] && !strings.HasPrefix(key, "x-") {
 					return fmt.Errorf("unknown mount option %q", opt)

@@ -197,6 +197,10 @@ opaque directory that hides it.`,
 			switch {
 			case src.Hidden:
 				fmt.Printf("%s: hidden by the %s %s in %s (it is in %s)\n", p, src.By, src.At, src.Layer, src.Below)
+			case src.Metacopy && src.Data == "":
+				fmt.Printf("%s: metadata in %s, data missing (no layer below has %s)\n", p, src.Layer, src.DataPath)
+			case src.Metacopy:
+				fmt.Printf("%s: metadata in %s, data in %s\n", p, src.Layer, filepath.Join(src.Data, src.DataPath))
 			case src.Index:
 				fmt.Printf("%s: %s (a hard link shown through the link index)\n", p, src.Layer)
 			case len(src.Merged) > 0:

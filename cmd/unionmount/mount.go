@@ -31,7 +31,9 @@ The -o form is fuse-overlayfs's, so mount(8) and fstab work:
    fstab: unionmount /mnt/merged fuse.unionmount lowerdir=/l1:/l2,upperdir=/u,workdir=/w 0 0
 Other -o options: ro, rw, allow_other, default_permissions, userxattr, debug, log=FILE,
 fsname=NAME, timeout=SECONDS, volatile (no fsync at all, for throwaway uppers; an
-upper whose volatile mount crashed is refused afterwards); generic mount options
+upper whose volatile mount crashed is refused afterwards), metacopy=on|off (on by
+default: chmod, chown, utimes and xattr changes of a file of 64 KiB or more copy
+up only its metadata, in kernel overlayfs's metacopy format); generic mount options
 (nodev, noatime, nofail, ...) are ignored.
 
 As root, the mount is open to all users (allow_other) and the kernel checks
