@@ -12,6 +12,16 @@
 // statfs, and directory handles with stable offsets. Locks are the
 // kernel's own (no lock requests).
 //
+// # Metadata-only copies
+//
+// A node whose object is a metadata-only copy (cow/metacopy.go) has its
+// metadata in the upper and its data below: a handle opened on it reads the
+// data below, read-only, and takes its attributes from the upper (stat by
+// path, not fstat of the descriptor). A write, truncate, fallocate or
+// copy_file_range into it copies the data up first (handle.writable), after
+// which every handle of the node moves to the upper copy, as after any
+// copy-up.
+//
 // # Kernel caching
 //
 // The daemon is the only writer of the upper and the lowers do not change
