@@ -231,13 +231,19 @@ func (s *Store) loadImage(name string, d v1.Descriptor) (*Image, error) {
 // resolveManifest returns d if it is a manifest, or the manifest for this
 // platform if d is an image index.
 func (s *Store) resolveManifest(d v1.Descriptor) (v1.Descriptor, error) {
+	return resolveIndex(d, s.readBlobJSON)
+}
+
+// resolveIndex returns d if it is a manifest, or, going through image
+// indexes read with readJSON, the manifest for this platform.
+func resolveIndex(d v1.Descriptor, readJSON func(v1.Descriptor, any) error) (v1.Descriptor, error) {
 	for range 4 {
 		switch d.MediaType {
 		case v1.MediaTypeImageManifest, mediaTypeDockerManifest:
 			return d, nil
 		case v1.MediaTypeImageIndex, mediaTypeDockerManifestList:
 			var idx v1.Index
-			if err := s.readBlobJSON(d, &idx); err != nil {
+			if err := readJSON(d, &idx); err != nil {
 				return d, err
 			}
 			next, err := pickPlatform(idx.Manifests)

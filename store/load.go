@@ -200,25 +200,10 @@ func (l *loader) loadIndex(dockerNames map[digest.Digest][]string) error {
 // resolveIndex returns the manifest descriptor for this platform, going
 // through image indexes.
 func (l *loader) resolveIndex(d v1.Descriptor) (v1.Descriptor, error) {
-	for range 4 {
-		switch d.MediaType {
-		case v1.MediaTypeImageManifest, mediaTypeDockerManifest:
-			return d, nil
-		case v1.MediaTypeImageIndex, mediaTypeDockerManifestList:
-			var idx v1.Index
-			if _, err := l.blobJSON(d, &idx); err != nil {
-				return d, err
-			}
-			next, err := pickPlatform(idx.Manifests)
-			if err != nil {
-				return d, fmt.Errorf("index %s: %w", d.Digest, err)
-			}
-			d = next
-		default:
-			return d, fmt.Errorf("descriptor %s: unsupported media type %q", d.Digest, d.MediaType)
-		}
-	}
-	return d, fmt.Errorf("descriptor %s: image indexes nested too deep", d.Digest)
+	return resolveIndex(d, func(d v1.Descriptor, v any) error {
+		_, err := l.blobJSON(d, v)
+		return err
+	})
 }
 
 // loadManifest stages and verifies the image of the manifest md.
