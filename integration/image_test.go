@@ -478,3 +478,75 @@ func TestImageRootless(t *testing.T) {
 		t.Errorf("umoci: usr/share/doc should be an empty directory: %v, %v", ents, err)
 	}
 }
+
+// TestContainers: an image mount's container layer outlives the mount, is
+// mounted again with its committed layers, is listed, and is removed only
+// when not mounted.
+func TestContainers(t *testing.T) {
+	needRoot(t)
+	needFUSE(t)
+	root := t.TempDir()
+	store := filepath.Join(root, "store")
+	rootfs := filepath.Join(root, "rootfs.tar")
+	rootfsTar(t, rootfs)
+	umStore(t, store, "import", rootfs, "base:1")
+	merged := filepath.Join(root, "m")
+	os.Mkdir(merged, 0o755)
+	umStore(t, store, "--image", "base:1", merged)
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			unmount(t, merged)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(merged, "etc/new"), []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	umStore(t, store, "commit", merged, "-m", "in the container")
+	if err := os.WriteFile(filepath.Join(merged, "etc/later"), []byte("2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	list := umStore(t, store, "containers")
+	lines := strings.Split(strings.TrimSpace(list), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[1], "base:1") || !strings.Contains(lines[1], " mounted ") {
+		t.Fatalf("containers while mounted:\n%s", list)
+	}
+	id := strings.Fields(lines[1])[0]
+	cmd := exec.Command(binary, "rm", id)
+	cmd.Env = append(os.Environ(), "UNIONMOUNT_STORE="+store)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "mounted") {
+		t.Errorf("rm of a mounted container: %v, %s", err, out)
+	}
+	unmount(t, merged)
+	mounted = false
+
+	// Mounted again: the committed layer and the upper are both there.
+	upper := filepath.Join(store, "containers", id, "upper")
+	umStore(t, store, "--image", "base:1", upper, merged)
+	mounted = true
+	for p, want := range map[string]string{"etc/new": "1", "etc/later": "2"} {
+		if data, err := os.ReadFile(filepath.Join(merged, p)); err != nil || string(data) != want {
+			t.Errorf("container mounted again: %s = %q, %v; want %q", p, data, err, want)
+		}
+	}
+	if out := umStore(t, store, "layers", merged); !strings.Contains(out, "in the container") {
+		t.Errorf("layers of the container mounted again lack its commit:\n%s", out)
+	}
+	unmount(t, merged)
+	mounted = false
+	if out := umStore(t, store, "rm", id); strings.TrimSpace(out) != id {
+		t.Errorf("rm printed %q", out)
+	}
+	if out := strings.TrimSpace(umStore(t, store, "containers")); strings.Contains(out, id) {
+		t.Errorf("container %s still listed after rm:\n%s", id, out)
+	}
+	if _, err := os.Stat(filepath.Join(store, "containers", id)); !os.IsNotExist(err) {
+		t.Errorf("container directory left after rm: %v", err)
+	}
+	// The image is untouched and mounts.
+	umStore(t, store, "--image", "base:1", "--read-only", merged)
+	mounted = true
+	if _, err := os.Stat(filepath.Join(merged, "etc/hostname")); err != nil {
+		t.Errorf("image after rm of its container: %v", err)
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/unionmount/unionmount/store"
 )
 
@@ -21,6 +23,8 @@ import (
 // UPPER the mount gets a fresh container layer there too,
 // STORE/containers/ID/upper with its workdir beside it, which outlives the
 // mount; otherwise the directory goes when the mount does.
+
+const containersDir = "containers"
 
 // containerEnv passes the container directory that the command made to
 // the daemon it starts, which parses the same command line.
@@ -46,8 +50,21 @@ func (o *Options) resolveImage() error {
 	if err != nil {
 		return err
 	}
-	withUpper := o.Upper == "" && !o.ReadOnly
+	// A container's upper mounted again is that container: it keeps its
+	// workdir, where its committed layers are, and its lock.
 	dir := os.Getenv(containerEnv)
+	again := false
+	if up, err := filepath.Abs(o.Upper); o.Upper != "" && err == nil && filepath.Base(up) == "upper" &&
+		filepath.Dir(filepath.Dir(up)) == filepath.Join(s.Dir(), containersDir) {
+		dir, again = filepath.Dir(up), true
+		if o.Work == "" {
+			o.Work = filepath.Join(dir, "work")
+		}
+		if err := recordContainer(dir, img); err != nil {
+			return err
+		}
+	}
+	withUpper := o.Upper == "" && !o.ReadOnly
 	if dir == "" {
 		if dir, err = newContainer(o.Store, img, withUpper); err != nil {
 			return err
@@ -57,7 +74,8 @@ func (o *Options) resolveImage() error {
 			fmt.Fprintf(os.Stderr, "unionmount: container layer %s\n", filepath.Join(dir, "upper"))
 		}
 	}
-	if !withUpper {
+	o.containerDir = dir
+	if !withUpper && !again {
 		o.container = dir
 	}
 	lowers, err := s.Lowers(img, o.UserXattr)
@@ -87,7 +105,7 @@ func newContainer(storeDir string, img *store.Image, withUpper bool) (string, er
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
-	dir := filepath.Join(storeDir, "containers", hex.EncodeToString(b[:]))
+	dir := filepath.Join(storeDir, containersDir, hex.EncodeToString(b[:]))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create container: %w", err)
 	}
@@ -96,15 +114,7 @@ func newContainer(storeDir string, img *store.Image, withUpper bool) (string, er
 			return "", fmt.Errorf("create container layer: %w", err)
 		}
 	}
-	var ids []string
-	for _, d := range img.DiffIDs() {
-		ids = append(ids, d.Encoded())
-	}
-	info := fmt.Sprintf("image %s\ncreated %s\n", img.Name, time.Now().UTC().Format(time.RFC3339))
-	if err := os.WriteFile(filepath.Join(dir, "image"), []byte(info), 0o644); err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "layers"), []byte(strings.Join(ids, "\n")+"\n"), 0o644); err != nil {
+	if err := recordContainer(dir, img); err != nil {
 		return "", err
 	}
 	return dir, nil
@@ -177,4 +187,123 @@ func CommitImage(merged, tag, storeDir string, o CommitOptions) (*Committed, *st
 		return c, nil, err
 	}
 	return c, img, nil
+}
+
+// recordContainer writes which image the container dir is mounted on and
+// the diff_ids of its layers, which Remove keeps.
+func recordContainer(dir string, img *store.Image) error {
+	var ids []string
+	for _, d := range img.DiffIDs() {
+		ids = append(ids, d.Encoded())
+	}
+	info := fmt.Sprintf("image %s\ncreated %s\n", img.Name, time.Now().UTC().Format(time.RFC3339))
+	if data, err := os.ReadFile(filepath.Join(dir, "image")); err == nil {
+		// Mounted again: it was created when it was first made.
+		if i := strings.Index(string(data), "created "); i >= 0 {
+			info = fmt.Sprintf("image %s\n%s", img.Name, data[i:])
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "image"), []byte(info), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "layers"), []byte(strings.Join(ids, "\n")+"\n"), 0o644)
+}
+
+// Container is an image mount's directory in the store.
+type Container struct {
+	ID, Dir string
+	// Image is the name of the image it was made from.
+	Image   string
+	Created time.Time
+	// Upper is set when it holds a container layer (Dir/upper).
+	Upper bool
+	// Mounted is set while a mount uses it.
+	Mounted bool
+}
+
+// lockContainer takes the lock that a mount holds on its container
+// directory for as long as its daemon lives. It returns nil, false when
+// another process holds it.
+func lockContainer(dir string) (*os.File, bool, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	return f, true, nil
+}
+
+// Containers lists the container directories of the store in storeDir.
+func Containers(storeDir string) ([]Container, error) {
+	ents, err := os.ReadDir(filepath.Join(storeDir, containersDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Container
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		c := Container{ID: e.Name(), Dir: filepath.Join(storeDir, containersDir, e.Name())}
+		data, err := os.ReadFile(filepath.Join(c.Dir, "image"))
+		if err != nil {
+			continue // not a container (an image without layers' empty dir)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			k, v, _ := strings.Cut(line, " ")
+			switch k {
+			case "image":
+				c.Image = v
+			case "created":
+				c.Created, _ = time.Parse(time.RFC3339, v)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(c.Dir, "upper")); err == nil {
+			c.Upper = true
+		}
+		if f, ok, err := lockContainer(c.Dir); err == nil {
+			c.Mounted = !ok
+			if f != nil {
+				f.Close()
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// RemoveContainer deletes the container id of the store in storeDir, its
+// container layer and committed layers with it; one in use by a mount is
+// refused.
+func RemoveContainer(storeDir, id string) error {
+	if id == "" || strings.ContainsAny(id, "/.") {
+		return fmt.Errorf("%q is not a container id", id)
+	}
+	dir := filepath.Join(storeDir, containersDir, id)
+	if _, err := os.Stat(filepath.Join(dir, "image")); err != nil {
+		return fmt.Errorf("no container %s in %s", id, storeDir)
+	}
+	f, ok, err := lockContainer(dir)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	if !ok {
+		return fmt.Errorf("container %s is mounted; unmount it first", id)
+	}
+	defer f.Close()
+	// Out of sight first, so that a crash halfway leaves no half container.
+	trash := filepath.Join(storeDir, containersDir, ".removing-"+id)
+	if err := os.Rename(dir, trash); err != nil {
+		return fmt.Errorf("remove container %s: %w", id, err)
+	}
+	return os.RemoveAll(trash)
 }

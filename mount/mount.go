@@ -23,6 +23,8 @@ type Union struct {
 	server *fs.Server
 	// stopControl closes the control socket (control.go).
 	stopControl func()
+	// containerLock is the lock on an image mount's container directory.
+	containerLock *os.File
 }
 
 // Mount creates the workdir if needed, opens the stack and mounts it on
@@ -65,6 +67,12 @@ func mountStack(o *Options) (*Union, error) {
 		return nil, fmt.Errorf("mount %s: %w", o.Mountpoint, err)
 	}
 	u := &Union{opts: *o, stack: st, server: server}
+	if o.containerDir != "" {
+		// Held until the daemon exits: the container is in use.
+		if f, _, err := lockContainer(o.containerDir); err == nil && f != nil {
+			u.containerLock = f
+		}
+	}
 	if u.stopControl, err = u.serveControl(); err != nil {
 		_ = server.Unmount()
 		server.Wait()
@@ -109,6 +117,9 @@ func (u *Union) Wait() error {
 	u.stopControl()
 	if u.opts.container != "" {
 		_ = os.RemoveAll(u.opts.container)
+	}
+	if u.containerLock != nil {
+		u.containerLock.Close()
 	}
 	if err := u.stack.Close(); err != nil {
 		return fmt.Errorf("close layers: %w", err)

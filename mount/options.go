@@ -64,9 +64,10 @@ type Options struct {
 	// Image is the name of the image the lowers come from, when mounted
 	// with --image; Store is its image store.
 	Image, Store string
-	// container is the store's record of an image mount without a
-	// container layer, removed when the mount ends (image.go).
-	container string
+	// containerDir is the store's directory of an image mount, locked
+	// while mounted; container is that directory when it holds no
+	// container layer and goes when the mount ends (image.go).
+	containerDir, container string
 }
 
 // NewOptions returns the defaults for the calling user: as root, the mount

@@ -19,7 +19,7 @@ func New() *cli.App {
 		Description: mountDescription,
 		Flags:       mountFlags,
 		Action:      mountAction,
-		Commands:    []*cli.Command{umountCommand, commitCommand, diffCommand, layersCommand, whichCommand, loadCommand, importCommand, imagesCommand, historyCommand, rmiCommand, saveCommand, exportCommand},
+		Commands:    []*cli.Command{umountCommand, commitCommand, diffCommand, layersCommand, whichCommand, loadCommand, importCommand, imagesCommand, historyCommand, rmiCommand, saveCommand, exportCommand, containersCommand, rmCommand},
 		HideVersion: true,
 		// Positional arguments are directories: no "help" or "h"
 		// command may capture one. --help remains.
