@@ -261,10 +261,6 @@ func nextCommitted(dir string) (int, error) {
 	return seqs[len(seqs)-1] + 1, nil
 }
 
-// CommittedLayers returns the layers committed on top of the lowers of the
-// upper whose work directory is work, newest first: what Open stacks.
-func CommittedLayers(work string) ([]string, error) { return committedLayers(work) }
-
 // Detach returns a new descriptor, open for reading and writing, of a
 // private copy of the file open as fd, in the work directory and without a
 // name: for an open file that has no name in the merged view any more and

@@ -118,8 +118,8 @@ func TestCommit(t *testing.T) {
 	if got := ts.read(t, "a/f"); got != "UPPER f" {
 		t.Errorf("a/f = %q", got)
 	}
-	if got, err := CommittedLayers(ts.work); err != nil || strings.Join(got, ":") != c2.Dir+":"+c.Dir {
-		t.Errorf("CommittedLayers = %v, %v", got, err)
+	if got, err := committedLayers(ts.work); err != nil || strings.Join(got, ":") != c2.Dir+":"+c.Dir {
+		t.Errorf("committedLayers = %v, %v", got, err)
 	}
 }
 

@@ -65,7 +65,7 @@ func CommitMount(merged string, o CommitOptions) (*Committed, error) {
 	}
 	// Dirty pages of files mapped for writing reach the upper first.
 	if f, err := os.Open(mp); err == nil {
-		_ = syncfs(f)
+		_ = unix.Syncfs(int(f.Fd()))
 		f.Close()
 	}
 	resp, err := call(mp, request{Op: "commit"})
@@ -188,12 +188,6 @@ func findMount(path string) (string, error) {
 	return p, nil
 }
 
-// IsMount reports whether path is the mount point of a unionmount mount.
-func IsMount(path string) bool {
-	_, err := findMount(path)
-	return err == nil
-}
-
 // MountInfo asks the daemon of the unionmount mount on merged about it.
 func MountInfo(merged string) (*Info, error) {
 	mp, err := findMount(merged)
@@ -305,6 +299,3 @@ func countLayer(role, dir string) Layer {
 	})
 	return l
 }
-
-// syncfs writes the dirty data of the filesystem f is on.
-func syncfs(f *os.File) error { return unix.Syncfs(int(f.Fd())) }
