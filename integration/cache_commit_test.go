@@ -1,0 +1,133 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// TestCachesFollowChangesAfterCommit is TestCachesFollowChanges across a
+// live commit: with every kernel cache warm, the commit changes nothing the
+// mount shows, and changes made afterwards to what the commit froze (now in
+// a lower) are seen at once by the next lookup, stat, readdir and read.
+func TestCachesFollowChangesAfterCommit(t *testing.T) {
+	lowers, upper, mnt := semStack(t, 1)
+	l := lowers[0]
+	semWrite(t, filepath.Join(l, "f"), "lower f\n", 0o644)
+	semWrite(t, filepath.Join(l, "d", "in"), "in d\n", 0o644)
+	semWrite(t, filepath.Join(l, "big"), strings.Repeat("b", 128<<10), 0o644)
+	mountUnion(t, l, upper, mnt)
+	m := func(p string) string { return filepath.Join(mnt, p) }
+	read := func(p string) string {
+		b, err := os.ReadFile(m(p))
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		if len(b) > 32 {
+			return strings.Repeat(string(b[0]), 1) + "..." + string(b[len(b)-1])
+		}
+		return string(b)
+	}
+	list := func(dir string) string {
+		ents, err := os.ReadDir(m(dir))
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		sort.Strings(names)
+		return strings.Join(names, " ")
+	}
+	mode := func(p string) string {
+		fi, err := os.Lstat(m(p))
+		if err != nil {
+			return "error"
+		}
+		return fi.Mode().String()
+	}
+	want := func(what, got, want string) {
+		t.Helper()
+		if got != want {
+			t.Errorf("%s: got %q, want %q", what, got, want)
+		}
+	}
+	warm := func() {
+		filepath.Walk(mnt, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				os.ReadFile(p)
+			}
+			return nil
+		})
+		for _, p := range []string{"later", "d/later"} {
+			os.Lstat(m(p)) // negative entries
+		}
+	}
+
+	// Before the commit: a new file, a copied-up one, a directory.
+	if err := os.WriteFile(m("new"), []byte("new\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m("f"), []byte("upper f\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(m("nd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	warm()
+	commitMount(t, nil, mnt)
+	want("read new after the commit", read("new"), "new\n")
+	want("read f after the commit", read("f"), "upper f\n")
+	want("list / after the commit", list(""), "big d f nd new")
+	warm()
+
+	// After it: each change to what the commit froze shows at once.
+	if err := os.WriteFile(m("new"), []byte("changed\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want("read new rewritten", read("new"), "changed\n")
+	fh, err := os.OpenFile(m("f"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteString("more\n")
+	fh.Close()
+	want("read f appended", read("f"), "upper f\nmore\n")
+	if err := os.Chmod(m("big"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want("mode big", mode("big"), "-rw-------")
+	want("read big after chmod", read("big"), "b...b")
+	if err := os.WriteFile(m("later"), []byte("later\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want("read later (over a cached negative entry)", read("later"), "later\n")
+	if err := os.Remove(m("f")); err != nil {
+		t.Fatal(err)
+	}
+	want("stat f removed", mode("f"), "error")
+	if err := os.Rename(m("nd"), m("nd2")); err != nil {
+		t.Fatal(err)
+	}
+	want("list / after the changes", list(""), "big d later nd2 new")
+	if err := os.WriteFile(m("d/later"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want("list d", list("d"), "in later")
+
+	// A remount shows what the caches showed.
+	before := map[string]string{}
+	for _, p := range []string{"new", "later", "big", "d/later"} {
+		before[p] = read(p)
+	}
+	unmount(t, mnt)
+	mountUnion(t, l, upper, mnt)
+	for p, v := range before {
+		want("after remount "+p, read(p), v)
+	}
+	want("list / after remount", list(""), "big d later nd2 new")
+	want("mode big after remount", mode("big"), "-rw-------")
+}
