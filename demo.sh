@@ -2,8 +2,8 @@
 # A guided tour of unionmount on the sample layers in examples/layers:
 # mounts base and extra under an empty upper, shows on disk what a copy-up,
 # a whiteout and an opaque directory are, then lists the changes, commits
-# them into a new layer while the mount runs, and asks which layer serves
-# what.
+# them into a new layer while the mount runs, asks which layer serves
+# what, and stores the result as an OCI image that it mounts and saves.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/deps.sh
@@ -16,7 +16,7 @@ go build -o "$work/unionmount" ./cmd/unionmount
 cp -a examples/layers/base examples/layers/extra "$work/"
 mkdir "$work/upper" "$work/merged"
 cd "$work"
-trap 'mountpoint -q merged && ./unionmount umount merged; echo; echo "demo files left in $work"' EXIT
+trap 'mountpoint -q merged && ./unionmount umount merged; mountpoint -q container && ./unionmount umount container; echo; echo "demo files left in $work"' EXIT
 
 step "Mount: extra on top of base, changes go to upper"
 show ./unionmount extra:base upper merged
@@ -55,6 +55,18 @@ step "Writes after the commit go to the fresh upper; the layer stays frozen"
 show "echo 'third record' >> merged/app/data/log.txt"
 show ./unionmount diff merged
 show cat .upper.work/layers/1/app/data/log.txt
+
+step "Images: store the mount as an image, then mount the image in a container layer"
+export UNIONMOUNT_STORE="$work/store"
+show ./unionmount commit merged --tag tour:1 -m "'the tour, as an image'"
+show ./unionmount images
+show ./unionmount history tour:1
+mkdir container
+show ./unionmount --image tour:1 container
+show cat container/app/data/log.txt
+show ./unionmount umount container
+show ./unionmount save tour:1 -o tour.tar
+show "tar -tf tour.tar | head -8"
 
 step "The lowers never changed"
 show ls -lR base/etc base/docs
