@@ -3,7 +3,6 @@ package integration
 import (
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 )
@@ -19,41 +18,13 @@ func TestCachesFollowChangesAfterCommit(t *testing.T) {
 	semWrite(t, filepath.Join(l, "d", "in"), "in d\n", 0o644)
 	semWrite(t, filepath.Join(l, "big"), strings.Repeat("b", 128<<10), 0o644)
 	mountUnion(t, l, upper, mnt)
-	m := func(p string) string { return filepath.Join(mnt, p) }
+	v := mountView{t, mnt}
+	m, list, mode, want := v.path, v.list, v.mode, v.want
 	read := func(p string) string {
-		b, err := os.ReadFile(m(p))
-		if err != nil {
-			return "error: " + err.Error()
+		if got := v.read(p); len(got) > 32 {
+			return got[:1] + "..." + got[len(got)-1:]
 		}
-		if len(b) > 32 {
-			return strings.Repeat(string(b[0]), 1) + "..." + string(b[len(b)-1])
-		}
-		return string(b)
-	}
-	list := func(dir string) string {
-		ents, err := os.ReadDir(m(dir))
-		if err != nil {
-			return "error: " + err.Error()
-		}
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		sort.Strings(names)
-		return strings.Join(names, " ")
-	}
-	mode := func(p string) string {
-		fi, err := os.Lstat(m(p))
-		if err != nil {
-			return "error"
-		}
-		return fi.Mode().String()
-	}
-	want := func(what, got, want string) {
-		t.Helper()
-		if got != want {
-			t.Errorf("%s: got %q, want %q", what, got, want)
-		}
+		return v.read(p)
 	}
 	warm := func() {
 		filepath.Walk(mnt, func(p string, fi os.FileInfo, err error) error {

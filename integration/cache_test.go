@@ -34,7 +34,8 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 		args = append([]string{"-o", opt}, args...)
 	}
 	mountUnion(t, args...)
-	m := func(p string) string { return filepath.Join(mnt, p) }
+	v := mountView{t, mnt}
+	m, list, read, mode, want := v.path, v.list, v.read, v.mode, v.want
 
 	warm := func() {
 		filepath.Walk(mnt, func(p string, fi os.FileInfo, err error) error {
@@ -46,38 +47,6 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 		for _, p := range []string{"new", "gone", "d/new", "e/new"} {
 			os.Lstat(m(p)) // negative entries
 		}
-	}
-	list := func(dir string) string {
-		ents, err := os.ReadDir(m(dir))
-		if err != nil {
-			return "error: " + err.Error()
-		}
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		sort.Strings(names)
-		return strings.Join(names, " ")
-	}
-	want := func(what, got, want string) {
-		t.Helper()
-		if got != want {
-			t.Errorf("%s: got %q, want %q", what, got, want)
-		}
-	}
-	read := func(p string) string {
-		b, err := os.ReadFile(m(p))
-		if err != nil {
-			return "error: " + err.Error()
-		}
-		return string(b)
-	}
-	mode := func(p string) string {
-		fi, err := os.Lstat(m(p))
-		if err != nil {
-			return "error"
-		}
-		return fi.Mode().String()
 	}
 
 	warm()
@@ -158,4 +127,52 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 		want("after remount "+p, read(p), v)
 	}
 	want("list / after remount", list(""), "d e2 f f2 g gone")
+}
+
+// mountView reads a mount the way the cache tests check it, each read
+// turned into a string to compare.
+type mountView struct {
+	t   *testing.T
+	mnt string
+}
+
+func (v mountView) path(p string) string { return filepath.Join(v.mnt, p) }
+
+// read returns the contents of p, or the error.
+func (v mountView) read(p string) string {
+	b, err := os.ReadFile(v.path(p))
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return string(b)
+}
+
+// list returns the sorted names in dir, or the error.
+func (v mountView) list(dir string) string {
+	ents, err := os.ReadDir(v.path(dir))
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	return strings.Join(names, " ")
+}
+
+// mode returns the mode of p as ls shows it, or "error".
+func (v mountView) mode(p string) string {
+	fi, err := os.Lstat(v.path(p))
+	if err != nil {
+		return "error"
+	}
+	return fi.Mode().String()
+}
+
+func (v mountView) want(what, got, want string) {
+	v.t.Helper()
+	if got != want {
+		v.t.Errorf("%s: got %q, want %q", what, got, want)
+	}
 }
