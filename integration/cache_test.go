@@ -37,17 +37,7 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 	v := mountView{t, mnt}
 	m, list, read, mode, want := v.path, v.list, v.read, v.mode, v.want
 
-	warm := func() {
-		filepath.Walk(mnt, func(p string, fi os.FileInfo, err error) error {
-			if err == nil && fi.Mode().IsRegular() {
-				os.ReadFile(p)
-			}
-			return nil
-		})
-		for _, p := range []string{"new", "gone", "d/new", "e/new"} {
-			os.Lstat(m(p)) // negative entries
-		}
-	}
+	warm := func() { v.warm("new", "gone", "d/new", "e/new") }
 
 	warm()
 	// Create over a cached negative entry, in a cached listing.
@@ -137,6 +127,20 @@ type mountView struct {
 }
 
 func (v mountView) path(p string) string { return filepath.Join(v.mnt, p) }
+
+// warm fills the kernel's caches: every name, attribute, listing and
+// file page of the mount, and a failed lookup of each of negative.
+func (v mountView) warm(negative ...string) {
+	filepath.Walk(v.mnt, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			os.ReadFile(p)
+		}
+		return nil
+	})
+	for _, p := range negative {
+		os.Lstat(v.path(p))
+	}
+}
 
 // read returns the contents of p, or the error.
 func (v mountView) read(p string) string {
