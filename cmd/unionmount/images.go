@@ -30,11 +30,7 @@ A name copied in without a tag ("oci:STORE:alpine") is alpine:latest here.`
 
 // openStore opens the store named by --store.
 func openStore(c *cli.Context) (*store.Store, error) {
-	dir := c.String("store")
-	if dir == "" {
-		dir = store.DefaultDir()
-	}
-	s, err := store.Open(dir)
+	s, err := store.Open(storeDir(c))
 	if err != nil {
 		return nil, err
 	}
