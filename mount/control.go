@@ -34,6 +34,25 @@ func runtimeDir() string {
 	return filepath.Join(os.TempDir(), "unionmount-"+strconv.Itoa(os.Geteuid()))
 }
 
+// checkRuntimeDir refuses a runtime directory that is not a directory of
+// our own that only we can enter: under /tmp another user could have made
+// it first and put a socket of theirs in place of a daemon's.
+func checkRuntimeDir() error { return checkPrivateDir(runtimeDir()) }
+
+// checkPrivateDir refuses d unless it is a directory (not a symlink) owned
+// by us with no access for others.
+func checkPrivateDir(d string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(d, &st); err != nil {
+		return &os.PathError{Op: "control socket directory", Path: d, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || st.Uid != uint32(os.Geteuid()) || st.Mode&0o077 != 0 {
+		return fmt.Errorf("control socket directory %s is not a private directory of uid %d (mode %o, owner %d)",
+			d, os.Geteuid(), st.Mode&0o7777, st.Uid)
+	}
+	return nil
+}
+
 // socketPath names the control socket of the mount whose root has device
 // number dev.
 func socketPath(dev uint64) string {
@@ -81,6 +100,9 @@ func (u *Union) serveControl() (stop func(), err error) {
 	}
 	if err := os.MkdirAll(runtimeDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := checkRuntimeDir(); err != nil {
+		return nil, err
 	}
 	p := socketPath(st.Dev)
 	// A socket left by a daemon that was killed: its device number is
@@ -165,6 +187,9 @@ func call(mountpoint string, req request) (*response, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(mountpoint, &st); err != nil {
 		return nil, fmt.Errorf("%s: %w", mountpoint, err)
+	}
+	if err := checkRuntimeDir(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
 	}
 	p := socketPath(st.Dev)
 	c, err := net.DialTimeout("unix", p, 5*time.Second)
