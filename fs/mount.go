@@ -47,6 +47,10 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	if slices.Contains(mo.Options, "default_permissions") {
 		mo.EnableAcl = true
 	}
+	// Writes of up to 1 MiB travel in one request (128 KiB by default).
+	if mo.MaxWrite == 0 {
+		mo.MaxWrite = 1 << 20
+	}
 	// The daemon removes privileges on write itself (see killpriv.go).
 	mo.ExtraCapabilities |= fuse.CAP_HANDLE_KILLPRIV_V2
 	opts := &fusefs.Options{
