@@ -35,6 +35,10 @@
 // that re-indexes a hard link), it marks its own nodes stale; the merged
 // view the kernel caches does not change there.
 //
+// Requests are large: writes of up to 1 MiB travel in one WRITE, and, as
+// root, the mount reads ahead up to 1 MiB (its backing device's
+// read_ahead_kb), where FUSE's defaults are 128 KiB.
+//
 // # Passthrough
 //
 // FUSE passthrough is never used. go-fuse binds one backing file per inode,
