@@ -74,8 +74,8 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 
 // raiseReadahead lets the kernel read ahead up to size bytes of a file
 // read in sequence, in requests as large as that, where its default for a
-// FUSE mount is 128 KiB: a cold sequential read then runs about four times
-// as fast here. The knob is the mount's backing device's read_ahead_kb in
+// FUSE mount is 128 KiB: a cold sequential read from a disk then runs two
+// to three times as fast here. The knob is the mount's backing device's read_ahead_kb in
 // sysfs (Documentation/ABI/testing/sysfs-class-bdi), which only root may
 // write; otherwise the default stays.
 func raiseReadahead(mountpoint string, size int) {
