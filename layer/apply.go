@@ -447,14 +447,22 @@ func (a *applier) mkdir(name, rel string, hdr *tar.Header) error {
 	return nil
 }
 
+// newName checks that the non-directory rel is new to the layer (not an
+// entry, nor a directory implied by one) and opens the directory that is
+// to hold it, returning that descriptor and rel's last name.
+func (a *applier) newName(name, rel string) (dirfd int, base string, err error) {
+	if _, ok := a.objs[rel]; ok {
+		return -1, "", entryErr(name, "duplicate path in the layer")
+	}
+	dirRel, base := applySplit(rel)
+	dirfd, err = a.openDir(name, dirRel)
+	return dirfd, base, err
+}
+
 // create makes the non-directory rel with make, which returns a descriptor
 // of the new object (O_PATH or open), and sets its metadata.
 func (a *applier) create(name, rel string, hdr *tar.Header, make func(dirfd int, base string) (int, error)) error {
-	if _, ok := a.objs[rel]; ok {
-		return entryErr(name, "duplicate path in the layer")
-	}
-	dirRel, base := applySplit(rel)
-	dirfd, err := a.openDir(name, dirRel)
+	dirfd, base, err := a.newName(name, rel)
 	if err != nil {
 		return err
 	}
@@ -562,11 +570,7 @@ func (a *applier) mknod(name string, dirfd int, base string, hdr *tar.Header) (i
 // symlink creates the symlink rel: owner and times only, as a symlink has
 // no mode of its own and carries no user xattrs.
 func (a *applier) symlink(name, rel string, hdr *tar.Header) error {
-	if _, ok := a.objs[rel]; ok {
-		return entryErr(name, "duplicate path in the layer")
-	}
-	dirRel, base := applySplit(rel)
-	dirfd, err := a.openDir(name, dirRel)
+	dirfd, base, err := a.newName(name, rel)
 	if err != nil {
 		return err
 	}
@@ -604,21 +608,17 @@ func (a *applier) link(name, rel string, hdr *tar.Header) error {
 	case k == applyImplied || k == applyDirectory:
 		return entryErr(name, "hard link target %q is a directory", hdr.Linkname)
 	}
-	if _, ok := a.objs[rel]; ok {
-		return entryErr(name, "duplicate path in the layer")
+	dirfd, base, err := a.newName(name, rel)
+	if err != nil {
+		return err
 	}
+	defer unix.Close(dirfd)
 	tdir, tbase := applySplit(target)
 	tfd, err := a.openDir(name, tdir)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(tfd)
-	dirRel, base := applySplit(rel)
-	dirfd, err := a.openDir(name, dirRel)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(dirfd)
 	if err := unix.Linkat(tfd, tbase, dirfd, base, 0); err != nil {
 		return entryErr(name, "link to %q: %w", hdr.Linkname, err)
 	}
