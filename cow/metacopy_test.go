@@ -63,6 +63,22 @@ func assertMetacopy(t *testing.T, ts *testStack, rel, origin string) {
 }
 
 // assertFull checks that the upper file rel holds its data itself.
+// openCopiesData opens the metadata-only copy rel for writing with flags
+// and checks that this copied its data up: a full copy holding the lower's
+// data.
+func openCopiesData(t *testing.T, ts *testStack, rel string, flags int) {
+	t.Helper()
+	fd, _, err := ts.Open(ts.mustLookup(t, rel), rel, flags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	assertFull(t, ts, rel)
+	if got := ts.read(t, rel); got != string(pattern(bigSize)) {
+		t.Errorf("%s: data copied up differs from the lower's", rel)
+	}
+}
+
 func assertFull(t *testing.T, ts *testStack, rel string) {
 	t.Helper()
 	p := filepath.Join(ts.upper, rel)
@@ -353,15 +369,7 @@ func TestMetacopyRename(t *testing.T) {
 				t.Fatal(err)
 			}
 			assertMetacopy(t, ts, "h", "d/f")
-			fd, _, err := ts.Open(ts.mustLookup(t, "h"), "h", unix.O_RDWR)
-			if err != nil {
-				t.Fatal(err)
-			}
-			unix.Close(fd)
-			assertFull(t, ts, "h")
-			if got := ts.read(t, "h"); got != string(pattern(bigSize)) {
-				t.Errorf("data copied up after the rename differs from the lower's")
-			}
+			openCopiesData(t, ts, "h", unix.O_RDWR)
 		})
 	}
 }
@@ -401,15 +409,7 @@ func TestMetacopyCommit(t *testing.T) {
 	if got := ts.read(t, "d/f"); got != string(pattern(bigSize)) {
 		t.Errorf("read: not the lower's data")
 	}
-	fd, _, err := ts.Open(ts.mustLookup(t, "d/f"), "d/f", unix.O_WRONLY)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(fd)
-	assertFull(t, ts, "d/f")
-	if got := ts.read(t, "d/f"); got != string(pattern(bigSize)) {
-		t.Errorf("read after the data copy-up: not the lower's data")
-	}
+	openCopiesData(t, ts, "d/f", unix.O_WRONLY)
 }
 
 // TestMetacopyForeignRelativeRedirect reads a relative redirect, as the
