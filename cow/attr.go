@@ -151,9 +151,9 @@ func (s *Stack) Getxattr(o *Object, rel, name string) ([]byte, error) {
 		return nil, unix.ENODATA
 	}
 	var v []byte
-	err := o.Layer.readXattrs(o.loc(rel), func(p string, follow bool) error {
+	err := o.Layer.readXattrs(o.loc(rel), func(x xattrSource) error {
 		var err error
-		v, err = getxattrAt(p, disk, follow)
+		v, err = x.get(disk)
 		return err
 	})
 	return v, err
@@ -162,8 +162,8 @@ func (s *Stack) Getxattr(o *Object, rel, name string) ([]byte, error) {
 // Listxattr lists the xattrs of o at rel, except the union's own.
 func (s *Stack) Listxattr(o *Object, rel string) ([]string, error) {
 	var names []string
-	err := o.Layer.readXattrs(o.loc(rel), func(p string, follow bool) error {
-		all, err := listxattrAt(p, follow)
+	err := o.Layer.readXattrs(o.loc(rel), func(x xattrSource) error {
+		all, err := x.list()
 		for _, n := range all {
 			if u, ok := s.userXattr(n); ok {
 				names = append(names, u)

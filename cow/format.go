@@ -158,8 +158,8 @@ func mkWhiteout(dirfd int, name string) error {
 // isOpaque reports whether the directory at rel in layer l is opaque.
 func (l *Layer) isOpaque(rel string) (bool, error) {
 	opaque := false
-	err := l.readXattrs(rel, func(p string, follow bool) error {
-		names, err := listxattrAt(p, follow)
+	err := l.readXattrs(rel, func(x xattrSource) error {
+		names, err := x.list()
 		if err != nil {
 			if ignorableXattrErr(err) {
 				return nil
@@ -170,7 +170,7 @@ func (l *Layer) isOpaque(rel string) (bool, error) {
 			if !slices.Contains(readOpaqueXattrs, n) {
 				continue
 			}
-			v, err := getxattrAt(p, n, follow)
+			v, err := x.get(n)
 			if err == nil && string(v) == "y" {
 				opaque = true
 				return nil
@@ -416,16 +416,16 @@ func (s *Stack) setRedirect(rel, origin string) error {
 func (d *LayerDir) MetacopyOrigin(rel string) (string, bool, error) {
 	var origin string
 	var meta bool
-	err := d.l.readXattrs(rel, func(p string, follow bool) error {
+	err := d.l.readXattrs(rel, func(x xattrSource) error {
 		for _, ns := range []string{"trusted.overlay.", "user.overlay."} {
-			if _, err := getxattrAt(p, ns+"metacopy", follow); err != nil {
+			if _, err := x.get(ns + "metacopy"); err != nil {
 				if errors.Is(err, unix.ENODATA) || ignorableXattrErr(err) {
 					continue
 				}
 				return err
 			}
 			meta, origin = true, rel
-			if v, err := getxattrAt(p, ns+"redirect", follow); err == nil {
+			if v, err := x.get(ns + "redirect"); err == nil {
 				origin = redirectPath(rel, string(v))
 			}
 			return nil

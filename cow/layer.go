@@ -1,7 +1,6 @@
 package cow
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path"
@@ -175,100 +174,12 @@ func (l *Layer) withPath(rel string, fn func(p string) error) error {
 	return fn(procPath(fd))
 }
 
-// readPath returns a path naming rel through the layer's root descriptor,
-// for the read-only xattr calls: one system call where withPath needs
-// three. Like lstat, it may follow a symlink that a concurrent rename put
-// into rel's directories, which can only mislead a read. It returns "" for
-// a path too long to name this way.
-func (l *Layer) readPath(rel string) string {
-	p := procPath(l.fd) + "/" + rel
-	if len(p) >= unix.PathMax {
-		return ""
-	}
-	return p
-}
-
-// readXattrs runs fn, which reads xattrs without following a symlink at
-// the path it gets, on rel: through readPath, or withPath if too long.
-func (l *Layer) readXattrs(rel string, fn func(p string, follow bool) error) error {
-	if rel == "" {
-		// The root is the descriptor's own magic link: follow it.
-		return fn(procPath(l.fd), true)
-	}
-	if p := l.readPath(rel); p != "" {
-		return fn(p, false)
-	}
-	return l.withPath(rel, func(p string) error { return fn(p, true) })
-}
-
-func (l *Layer) getxattr(rel, name string) ([]byte, error) {
-	var val []byte
-	err := l.readXattrs(rel, func(p string, follow bool) error {
-		v, err := getxattrAt(p, name, follow)
-		val = v
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("getxattr %s %s: %w", path.Join(l.Dir, rel), name, err)
-	}
-	return val, nil
-}
-
 func (l *Layer) setxattr(rel, name string, val []byte) error {
 	err := l.withPath(rel, func(p string) error { return unix.Setxattr(p, name, val, 0) })
 	if err != nil {
 		return fmt.Errorf("setxattr %s %s: %w", path.Join(l.Dir, rel), name, err)
 	}
 	return nil
-}
-
-func getxattrPath(p, name string) ([]byte, error) { return getxattrAt(p, name, true) }
-
-func listxattrPath(p string) ([]string, error) { return listxattrAt(p, true) }
-
-// getxattrAt reads the xattr name of p, following a symlink at p or not.
-func getxattrAt(p, name string, follow bool) ([]byte, error) {
-	get := unix.Lgetxattr
-	if follow {
-		get = unix.Getxattr
-	}
-	return sized(256, func(buf []byte) (int, error) { return get(p, name, buf) })
-}
-
-// listxattrAt lists the xattrs of p, following a symlink at p or not.
-func listxattrAt(p string, follow bool) ([]string, error) {
-	list := unix.Llistxattr
-	if follow {
-		list = unix.Listxattr
-	}
-	buf, err := sized(1024, func(buf []byte) (int, error) { return list(p, buf) })
-	var names []string
-	for _, n := range bytes.Split(buf, []byte{0}) {
-		if len(n) > 0 {
-			names = append(names, string(n))
-		}
-	}
-	return names, err
-}
-
-// sized calls fill, a getxattr-like call, with a buffer of size bytes, and
-// with a larger one while the answer does not fit.
-func sized(size int, fill func(buf []byte) (int, error)) ([]byte, error) {
-	buf := make([]byte, size)
-	for {
-		n, err := fill(buf)
-		if err == unix.ERANGE {
-			if n, err = fill(nil); err != nil {
-				return nil, err
-			}
-			buf = make([]byte, n+64)
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return buf[:n], nil
-	}
 }
 
 // ino returns the merged inode number of the object st at rel in l.
