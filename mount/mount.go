@@ -25,6 +25,9 @@ type Union struct {
 	stopControl func()
 	// containerLock is the lock on an image mount's container directory.
 	containerLock *os.File
+	// sigs receives SIGINT and SIGTERM from the moment the mount is up,
+	// for Serve.
+	sigs chan os.Signal
 }
 
 // Mount creates the workdir if needed, opens the stack and mounts it on
@@ -40,13 +43,22 @@ func Mount(o *Options) (*Union, error) {
 		}
 		createdWork = err == nil
 	}
+	// Whoever sees the mount may signal the process at once: a signal
+	// that comes before Serve waits for it.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	u, err := mountStack(o)
-	if err != nil && createdWork {
-		// A failed mount leaves nothing behind. The directory is new,
-		// so only the stack's own files can be in it.
-		_ = os.RemoveAll(o.Work)
+	if err != nil {
+		signal.Stop(sigs)
+		if createdWork {
+			// A failed mount leaves nothing behind. The directory
+			// is new, so only the stack's own files can be in it.
+			_ = os.RemoveAll(o.Work)
+		}
+		return nil, err
 	}
-	return u, err
+	u.sigs = sigs
+	return u, nil
 }
 
 func mountStack(o *Options) (*Union, error) {
@@ -131,8 +143,7 @@ func (u *Union) Wait() error {
 // detached lazily and stays served until its last user lets go; a second
 // signal then stops serving at once.
 func (u *Union) Serve() error {
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	sigs := u.sigs
 	defer signal.Stop(sigs)
 
 	done := make(chan error, 1)
