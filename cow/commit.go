@@ -80,7 +80,13 @@ type Committed struct {
 // Commit freezes the upper into a new lower layer, on top of the others,
 // and continues with an empty upper. It waits for every Hold to be
 // released and holds the stack exclusively while it works.
-func (s *Stack) Commit() (Committed, error) {
+//
+// live, when not nil, is called under that hold and names the files that
+// are written behind the stack's back (the kernel writes files open
+// through FUSE passthrough itself): each stays in the upper, as the same
+// file, and the layer gets a copy of it as it is at that moment. They are
+// copied while writers wait, and must have one link.
+func (s *Stack) Commit(live func() []string) (Committed, error) {
 	if s.upper == nil {
 		return Committed{}, &errRO
 	}
@@ -97,6 +103,20 @@ func (s *Stack) Commit() (Committed, error) {
 	seq, err := nextCommitted(layersDir)
 	if err != nil {
 		return Committed{}, fmt.Errorf("commit: %w", err)
+	}
+	var keep []string
+	if live != nil {
+		keep = live()
+	}
+	for _, rel := range keep {
+		st, err := s.upper.lstat(rel)
+		if err != nil {
+			return Committed{}, fmt.Errorf("commit: %w", err)
+		}
+		if st.Nlink != 1 {
+			return Committed{}, fmt.Errorf("commit: %s is open for writing and has %d links; close it and commit again: %w",
+				rel, st.Nlink, unix.EBUSY)
+		}
 	}
 	name := strconv.Itoa(seq)
 	dir := filepath.Join(layersDir, name)
@@ -123,12 +143,54 @@ func (s *Stack) Commit() (Committed, error) {
 	if err != nil {
 		return Committed{}, fmt.Errorf("commit: %w", err)
 	}
+	for _, rel := range keep {
+		if err := s.keepInUpper(old, rel); err != nil {
+			return Committed{}, fmt.Errorf("commit: keep %s in the upper: %w", rel, err)
+		}
+	}
 	c := Committed{Dir: dir, Unlinked: unlinked}
 	for _, l := range s.lowers[1:] {
 		c.Lowers = append(c.Lowers, l.Dir)
 	}
 	c.Held = time.Since(start)
 	return c, nil
+}
+
+// keepInUpper puts the file rel of the layer just committed, l, back into
+// the upper, and a copy of it into l in its place: it is copied up, and the
+// copy and the file exchange places in one renameat2(RENAME_EXCHANGE), so
+// that l always holds one of the two.
+func (s *Stack) keepInUpper(l *Layer, rel string) error {
+	o, err := s.lookupPath(rel)
+	if err != nil {
+		return err
+	}
+	if o.Layer != l {
+		return fmt.Errorf("found in %s, not in the committed layer", o.Layer)
+	}
+	if _, err := s.CopyUp(o, rel, true); err != nil {
+		return err
+	}
+	// The exchange must not move the times of either directory.
+	dir, _ := split(rel)
+	lst, err := l.lstat(dir)
+	if err != nil {
+		return err
+	}
+	ust, err := s.upper.lstat(dir)
+	if err != nil {
+		return err
+	}
+	err = s.upper.in(rel, func(ud int, un string) error {
+		return l.in(rel, func(ld int, ln string) error { return renameat2(ud, un, ld, ln, unix.RENAME_EXCHANGE) })
+	})
+	if err != nil {
+		return err
+	}
+	if err := l.setTimes(dir, []unix.Timespec{lst.Atim, lst.Mtim}); err != nil {
+		return err
+	}
+	return s.upper.setTimes(dir, []unix.Timespec{ust.Atim, ust.Mtim})
 }
 
 // prepareFresh builds the empty directory that becomes the upper: a copy

@@ -46,7 +46,7 @@ func TestCommit(t *testing.T) {
 	held := ts.mustLookup(t, "a/new") // an object found before the commit
 
 	view, inos := ts.mergedDump(t, ""), ts.inodes(t)
-	c, err := ts.Commit()
+	c, err := ts.Commit(nil)
 	if err != nil {
 		t.Fatalf("Commit: %v", err)
 	}
@@ -105,7 +105,7 @@ func TestCommit(t *testing.T) {
 		t.Errorf("remount changed the merged view:\n%s", d)
 	}
 	ts.unlink(t, "a/new")
-	c2, err := ts.Commit()
+	c2, err := ts.Commit(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestCommitKeepsHardLinks(t *testing.T) {
 		t.Fatalf("MaterializeIndex = %d, %v; want 2 names linked", n, err)
 	}
 	view, inos := ts.mergedDump(t, ""), ts.inodes(t)
-	c, err := ts.Commit()
+	c, err := ts.Commit(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,4 +237,68 @@ func TestVolatileMarker(t *testing.T) {
 	wantErrno(t, err, unix.EUCLEAN)
 	os.RemoveAll(filepath.Join(ts.work, "work", "incompat"))
 	ts.open(t)
+}
+
+// TestCommitKeepsLiveFiles commits with a file named live (one written
+// behind the stack's back, as through FUSE passthrough): the file stays in
+// the upper as the same inode, the layer gets a copy as it was, and no
+// directory's times move; a live file with two links fails the commit
+// before anything changes.
+func TestCommitKeepsLiveFiles(t *testing.T) {
+	ts := newTestStack(t, nil, []entry{file("d/lower", "lower")})
+	ts.create(t, "d/live", "before", Owner{})
+	fd, _, err := ts.Open(ts.mustLookup(t, "d/live"), "d/live", unix.O_WRONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	var before, dirBefore unix.Stat_t
+	unix.Fstat(fd, &before)
+	if err := unix.Lstat(filepath.Join(ts.upper, "d"), &dirBefore); err != nil {
+		t.Fatal(err)
+	}
+	view := ts.mergedDump(t, "")
+	c, err := ts.Commit(func() []string { return []string{"d/live"} })
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if _, err := unix.Pwrite(fd, []byte("AFTER!"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(c.Dir, "d/live")); string(got) != "before" {
+		t.Errorf("layer d/live = %q, want the data at the commit", got)
+	}
+	if got, _ := os.ReadFile(filepath.Join(ts.upper, "d/live")); string(got) != "AFTER!" {
+		t.Errorf("upper d/live = %q, want what was written after the commit", got)
+	}
+	var now unix.Stat_t
+	unix.Lstat(filepath.Join(ts.upper, "d/live"), &now)
+	if now.Ino != before.Ino {
+		t.Error("the live file in the upper is not the file that was open")
+	}
+	for _, d := range []string{filepath.Join(ts.upper, "d"), filepath.Join(c.Dir, "d")} {
+		var st unix.Stat_t
+		if err := unix.Lstat(d, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Mtim != dirBefore.Mtim {
+			t.Errorf("%s mtime %v, want %v", d, st.Mtim, dirBefore.Mtim)
+		}
+	}
+	got := ts.mergedDump(t, "")
+	delete(got, "d/live")
+	delete(view, "d/live")
+	if d := diffMaps(got, view); d != "" {
+		t.Errorf("merged view after the commit: %s", d)
+	}
+
+	if err := os.Link(filepath.Join(ts.upper, "d/live"), filepath.Join(ts.upper, "d/second")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.Commit(func() []string { return []string{"d/live"} }); err == nil || !strings.Contains(err.Error(), "2 links") {
+		t.Errorf("Commit of a live file with two links: %v, want an error", err)
+	}
+	if _, err := os.Stat(filepath.Join(ts.work, "layers", "2")); !os.IsNotExist(err) {
+		t.Errorf("the refused commit left layers/2: %v", err)
+	}
 }

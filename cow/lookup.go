@@ -191,6 +191,20 @@ func (s *Stack) Stat(o *Object, rel string) (unix.Stat_t, error) {
 	return st, nil
 }
 
+// InUpper reports whether fd is open on o's file in the upper, o being at
+// rel: a descriptor opened before a commit that kept the file there.
+func (s *Stack) InUpper(o *Object, rel string, fd int) bool {
+	if !o.DataUpper() || o.indexName != "" {
+		return false
+	}
+	var a, b unix.Stat_t
+	if unix.Fstat(fd, &a) != nil {
+		return false
+	}
+	b, err := o.Layer.lstat(rel)
+	return err == nil && a.Dev == b.Dev && a.Ino == b.Ino
+}
+
 // resolveMetacopy marks o, found at rel in l with attributes st, a
 // metadata-only copy when it is one, and finds its data in the layers below
 // l.

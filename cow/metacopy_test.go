@@ -377,7 +377,7 @@ func TestMetacopyRename(t *testing.T) {
 func TestMetacopyCommit(t *testing.T) {
 	ts := newMetaStack(t, bigLower())
 	chmodMeta(t, ts, "d/f")
-	if _, err := ts.Commit(); err != nil {
+	if _, err := ts.Commit(nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, remount := range []bool{false, true} {

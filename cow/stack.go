@@ -249,3 +249,11 @@ var (
 	errRO        = os.PathError{Op: "write", Path: "union", Err: unix.EROFS}
 	pathErrNoent = os.PathError{Op: "lookup", Path: "lower", Err: unix.ENOENT}
 )
+
+// UpperDir returns the upper directory, "" for a read-only stack.
+func (s *Stack) UpperDir() string {
+	if s.upper == nil {
+		return ""
+	}
+	return s.cfg.Upper
+}

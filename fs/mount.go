@@ -130,7 +130,7 @@ func (s *Server) Commit() (cow.Committed, error) {
 	if err != nil {
 		return cow.Committed{}, fmt.Errorf("commit: %w", err)
 	}
-	c, err := st.Commit()
+	c, err := st.Commit(nil)
 	if err != nil {
 		return c, err
 	}

@@ -69,7 +69,7 @@ func TestWriteMetacopy(t *testing.T) {
 	if c, err := st.Rename(d, "d", "g", g, d, "d", "h", nil, 0); err != nil || !c.Metacopy() {
 		t.Fatalf("rename: %v (metacopy: %v)", err, c != nil && c.Metacopy())
 	}
-	c, err := st.Commit()
+	c, err := st.Commit(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

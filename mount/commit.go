@@ -101,7 +101,7 @@ func CommitUpper(lowers []string, upper, work string, userXattr bool, o CommitOp
 		st.Close()
 		return nil, err
 	}
-	c, err := st.Commit()
+	c, err := st.Commit(nil)
 	st.Close()
 	if err != nil {
 		return nil, err
