@@ -17,7 +17,7 @@ var _ = (fusefs.NodeGetattrer)((*Node)(nil))
 // Getattr implements fusefs.NodeGetattrer.
 func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	defer n.st.Hold()()
-	if h, ok := f.(*handle); ok {
+	if h, ok := asHandle(f); ok {
 		return h.getattr(out)
 	}
 	rel, o, e := n.object()
@@ -43,6 +43,9 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	}
 	a := cow.Attr{FromHandle: -1}
 	if m, ok := in.GetMode(); ok {
+		if m&(unix.S_ISUID|unix.S_ISGID) != 0 && !n.mayGainPrivs() {
+			return syscall.ETXTBSY
+		}
 		a.Mode = &m
 	}
 	if uid, ok := in.GetUID(); ok {
@@ -53,7 +56,7 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	}
 	if sz, ok := in.GetSize(); ok {
 		a.Size = &sz
-		if h, ok := f.(*handle); ok {
+		if h, ok := asHandle(f); ok {
 			fd, err := h.writable()
 			if err != nil {
 				return errno(err)

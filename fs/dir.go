@@ -208,7 +208,12 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	node := ch.Operations().(*Node)
 	// A new file has no security.capability; see killPriv.
 	node.noPrivs.Store(out.Attr.Mode&(unix.S_ISUID|unix.S_ISGID) == 0)
-	return ch, newHandle(node, fd, flags, true), n.openFlags(), 0
+	h, err := node.opened(ctx, newHandle(node, fd, flags, true), fd, flags, true, true)
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, errno(err)
+	}
+	return ch, h, n.openFlags(), 0
 }
 
 var _ = (fusefs.NodeTmpfiler)((*Node)(nil))
@@ -240,7 +245,13 @@ func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	node := n.newNode(o)
 	node.tmpfd = keep
 	ch := n.NewInode(ctx, node, n.idFor(o))
-	return ch, newHandle(node, fd, flags, true), n.openFlags(), 0
+	// An unnamed file is not kept by a commit: no passthrough.
+	h, err := node.opened(ctx, newHandle(node, fd, flags, true), fd, flags, false, true)
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, errno(err)
+	}
+	return ch, h, n.openFlags(), 0
 }
 
 var _ = (fusefs.NodeLinker)((*Node)(nil))

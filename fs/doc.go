@@ -41,11 +41,12 @@
 //
 // # Passthrough
 //
-// FUSE passthrough is never used. go-fuse binds one backing file per inode,
-// so a lower file opened read-only and then for writing would send the
-// writes into the lower layer. The kernel also refuses to mix passthrough
-// and cached opens of one inode. Passthrough for files already in the upper
-// is safe only while no cached open of the inode exists, and a live commit
-// (which turns the upper into a lower) must then not rename files that are
-// open for writing through passthrough.
+// As root, a file whose data is in the upper is opened through FUSE
+// passthrough: the kernel reads and writes the upper file itself. Lower
+// files never are: go-fuse binds one backing file per inode, so a lower
+// file opened read-only and then for writing would send the writes into
+// the lower layer, and a backing file cannot follow a copy-up. The rules
+// that keep the kernel's, go-fuse's and the union's views of a node
+// consistent, and what they mean for privileges and commit, are in
+// passthrough.go.
 package fs

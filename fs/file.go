@@ -32,7 +32,12 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if c != o {
 		n.setObject(c)
 	}
-	return newHandle(n, fd, flags, c.DataUpper()), n.openFlags(), 0
+	h, err := n.opened(ctx, newHandle(n, fd, flags, c.DataUpper()), fd, flags, c.DataUpper(), false)
+	if err != nil {
+		unix.Close(fd)
+		return nil, 0, errno(err)
+	}
+	return h, n.openFlags(), 0
 }
 
 // openFlags are the FOPEN_ flags of a file handle: no FLUSH requests (a
@@ -64,6 +69,10 @@ type handle struct {
 	// upper is set when fd is in the upper of commit generation gen.
 	upper bool
 	gen   uint64
+
+	// pt is set for a passthrough handle, and other when it was opened
+	// for writing by a user other than root (passthrough.go).
+	pt, other bool
 }
 
 func newHandle(n *Node, fd int, flags uint32, upper bool) *handle {
@@ -110,6 +119,12 @@ func (h *handle) writable() (int, error) {
 		return h.fd, nil
 	}
 	rel, o, e := h.n.object()
+	if h.pt && (e == 0 && h.n.st.InUpper(o, rel, h.fd) || e == syscall.ENOENT && unlinked(h.fd)) {
+		// The kernel writes on into this file: a commit kept it in the
+		// upper, or it has no name in any layer.
+		h.gen = h.n.st.Generation()
+		return h.fd, nil
+	}
 	if e == syscall.ENOENT {
 		// The file has no name in the merged view any more; writes go
 		// to a private copy, as they would to an unlinked file.
@@ -178,6 +193,7 @@ var _ = (fusefs.FileReleaser)((*handle)(nil))
 
 // Release implements fusefs.FileReleaser.
 func (h *handle) Release(ctx context.Context) syscall.Errno {
+	h.n.closed(h)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.fd >= 0 {
@@ -268,8 +284,8 @@ var _ = (fusefs.NodeCopyFileRanger)((*Node)(nil))
 // CopyFileRange implements fusefs.NodeCopyFileRanger.
 func (n *Node) CopyFileRange(ctx context.Context, fhIn fusefs.FileHandle, offIn uint64, out *fusefs.Inode, fhOut fusefs.FileHandle, offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
 	defer n.st.Hold()()
-	in, ok1 := fhIn.(*handle)
-	o, ok2 := fhOut.(*handle)
+	in, ok1 := asHandle(fhIn)
+	o, ok2 := asHandle(fhOut)
 	if !ok1 || !ok2 {
 		return 0, syscall.EBADF
 	}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"fmt"
+	"log"
 	"os"
 	"runtime"
 	"slices"
@@ -27,6 +28,10 @@ type Cache struct {
 	// Timeout is how long the kernel keeps names, attributes and failed
 	// lookups without asking again.
 	Timeout time.Duration
+	// NoPassthrough keeps all file data going through the daemon, where
+	// otherwise the kernel reads and writes files in the upper itself
+	// (passthrough.go).
+	NoPassthrough bool
 }
 
 // DefaultCache is the caching policy for layers that do not change while
@@ -68,6 +73,15 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	server, err := fusefs.Mount(mountpoint, rootNode, opts)
 	if err != nil {
 		return nil, err
+	}
+	// Passthrough needs root (CAP_SYS_ADMIN) and a kernel that has it;
+	// without either, every handle goes through the daemon.
+	if upper := st.UpperDir(); !cache.NoPassthrough && upper != "" {
+		if err := probePassthrough(server, upper); err != nil {
+			log.Printf("passthrough off: the kernel refuses backing files: %v", err)
+		} else {
+			rootNode.reg.passthrough.Store(true)
+		}
 	}
 	raiseReadahead(mountpoint, mo.MaxWrite)
 	spareProcs()
@@ -130,7 +144,7 @@ func (s *Server) Commit() (cow.Committed, error) {
 	if err != nil {
 		return cow.Committed{}, fmt.Errorf("commit: %w", err)
 	}
-	c, err := st.Commit(nil)
+	c, err := st.Commit(s.liveFiles)
 	if err != nil {
 		return c, err
 	}

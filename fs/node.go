@@ -20,6 +20,9 @@ import (
 type nodes struct {
 	mu sync.Mutex
 	m  map[uint64]*Node
+	// passthrough is set once the kernel took a backing file from the
+	// daemon (passthrough.go).
+	passthrough atomic.Bool
 }
 
 // Node is one merged object.
@@ -28,7 +31,7 @@ type Node struct {
 	st  *cow.Stack
 	reg *nodes
 
-	// mu protects obj and stale.
+	// mu protects obj, stale and open.
 	mu  sync.Mutex
 	obj *cow.Object
 	// stale is set when obj may no longer describe the object (its tree
@@ -46,6 +49,8 @@ type Node struct {
 	// security.capability, and cleared when its attributes change; see
 	// killPriv.
 	noPrivs atomic.Bool
+	// open counts the node's open handles by kind (passthrough.go).
+	open openCount
 }
 
 func (n *Node) newNode(o *cow.Object) *Node {

@@ -114,6 +114,15 @@ func (o *Options) Parse(args []string, mountOpts []string) error {
 				o.Cache.Timeout = time.Duration(secs * float64(time.Second))
 			case key == "log" && hasVal:
 				o.Log = unescape(val)
+			case key == "passthrough" && hasVal:
+				switch val {
+				case "on":
+					o.Cache.NoPassthrough = false
+				case "off":
+					o.Cache.NoPassthrough = true
+				default:
+					return fmt.Errorf("mount option %q: want on or off", opt)
+				}
 			case key == "metacopy" && hasVal:
 				switch val {
 				case "on":
