@@ -9,8 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// # Passthrough
-//
 // A handle on a file whose data is in the upper can be a passthrough
 // handle: the kernel then reads and writes the upper file itself, and
 // READ and WRITE requests never reach the daemon (FUSE passthrough,
