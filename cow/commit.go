@@ -96,6 +96,21 @@ func (s *Stack) Commit(live func() []string) (Committed, error) {
 	if len(s.lowers)+1 > MaxLowers {
 		return Committed{}, fmt.Errorf("commit: the stack has %d lower layers, at most %d allowed: %w", len(s.lowers), MaxLowers, unix.EINVAL)
 	}
+	var keep []string
+	if live != nil {
+		keep = live()
+	}
+	// The copies of the live files are made first, so that a full disk
+	// fails the commit before it changes anything.
+	copies, err := s.copyLive(keep)
+	if err != nil {
+		return Committed{}, fmt.Errorf("commit: %w", err)
+	}
+	defer func() {
+		for _, tmp := range copies {
+			removeAll(s.work, tmp)
+		}
+	}()
 	layersDir := filepath.Join(s.cfg.Work, committedDir)
 	if err := os.Mkdir(layersDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return Committed{}, fmt.Errorf("commit: %w", err)
@@ -103,20 +118,6 @@ func (s *Stack) Commit(live func() []string) (Committed, error) {
 	seq, err := nextCommitted(layersDir)
 	if err != nil {
 		return Committed{}, fmt.Errorf("commit: %w", err)
-	}
-	var keep []string
-	if live != nil {
-		keep = live()
-	}
-	for _, rel := range keep {
-		st, err := s.upper.lstat(rel)
-		if err != nil {
-			return Committed{}, fmt.Errorf("commit: %w", err)
-		}
-		if st.Nlink != 1 {
-			return Committed{}, fmt.Errorf("commit: %s is open for writing and has %d links; close it and commit again: %w",
-				rel, st.Nlink, unix.EBUSY)
-		}
 	}
 	name := strconv.Itoa(seq)
 	dir := filepath.Join(layersDir, name)
@@ -143,8 +144,8 @@ func (s *Stack) Commit(live func() []string) (Committed, error) {
 	if err != nil {
 		return Committed{}, fmt.Errorf("commit: %w", err)
 	}
-	for _, rel := range keep {
-		if err := s.keepInUpper(old, rel); err != nil {
+	for i, rel := range keep {
+		if err := s.keepInUpper(old, rel, copies[i]); err != nil {
 			return Committed{}, fmt.Errorf("commit: keep %s in the upper: %w", rel, err)
 		}
 	}
@@ -156,22 +157,46 @@ func (s *Stack) Commit(live func() []string) (Committed, error) {
 	return c, nil
 }
 
+// copyLive copies each live file, at rel in the upper, into the work
+// directory, with its data, xattrs, owner, mode and times, and returns the
+// copies' names. A live file must be a regular file with one link.
+func (s *Stack) copyLive(keep []string) ([]string, error) {
+	var copies []string
+	for _, rel := range keep {
+		st, err := s.upper.lstat(rel)
+		if err == nil && (st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1) {
+			err = fmt.Errorf("%s is open for writing and has %d links; close it and commit again: %w", rel, st.Nlink, unix.EBUSY)
+		}
+		if err == nil {
+			tmp := s.tmpName()
+			o := &Object{Layer: s.upper, Mode: st.Mode, Ino: s.ino(s.upper, rel, &st)}
+			copies = append(copies, tmp)
+			if err = s.buildCopy(o, rel, &st, tmp, copyWithData); err != nil {
+				err = fmt.Errorf("copy %s: %w", rel, err)
+			}
+		}
+		if err != nil {
+			for _, tmp := range copies {
+				removeAll(s.work, tmp)
+			}
+			return nil, err
+		}
+	}
+	return copies, nil
+}
+
 // keepInUpper puts the file rel of the layer just committed, l, back into
-// the upper, and a copy of it into l in its place: it is copied up, and the
-// copy and the file exchange places in one renameat2(RENAME_EXCHANGE), so
-// that l always holds one of the two.
-func (s *Stack) keepInUpper(l *Layer, rel string) error {
-	o, err := s.lookupPath(rel)
-	if err != nil {
+// the upper, and its copy tmp (copyLive) into l in its place: the copy goes
+// into the upper, and the two exchange places in one
+// renameat2(RENAME_EXCHANGE), so that l always holds one of the two. No
+// directory's times move.
+func (s *Stack) keepInUpper(l *Layer, rel, tmp string) error {
+	if err := s.copyUpParents(rel); err != nil {
 		return err
 	}
-	if o.Layer != l {
-		return fmt.Errorf("found in %s, not in the committed layer", o.Layer)
-	}
-	if _, err := s.CopyUp(o, rel, true); err != nil {
+	if err := s.placeCopy(tmp, rel); err != nil {
 		return err
 	}
-	// The exchange must not move the times of either directory.
 	dir, _ := split(rel)
 	lst, err := l.lstat(dir)
 	if err != nil {

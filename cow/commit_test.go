@@ -302,3 +302,37 @@ func TestCommitKeepsLiveFiles(t *testing.T) {
 		t.Errorf("the refused commit left layers/2: %v", err)
 	}
 }
+
+// TestCommitLiveFullDisk commits with a live file that does not fit twice
+// on a full filesystem: the commit fails before it changes anything, and
+// leaves no copy behind.
+func TestCommitLiveFullDisk(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	ts := &testStack{upper: filepath.Join(root, "upper"), work: filepath.Join(root, "work")}
+	lower := filepath.Join(t.TempDir(), "lower")
+	for _, d := range []string{lower, ts.upper, ts.work} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ts.lowers = []string{lower}
+	if err := os.WriteFile(filepath.Join(ts.upper, "live"), make([]byte, 600<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ts.cfg = Config{Lowers: ts.lowers, Upper: ts.upper, Work: ts.work}
+	ts.open(t)
+	upper, work := dumpTree(t, ts.upper, true), dumpTree(t, ts.work, true)
+	_, err := ts.Commit(func() []string { return []string{"live"} })
+	wantErrno(t, err, unix.ENOSPC)
+	if d := diffMaps(dumpTree(t, ts.upper, true), upper); d != "" {
+		t.Errorf("the failed commit changed the upper: %s", d)
+	}
+	if d := diffMaps(dumpTree(t, ts.work, true), work); d != "" {
+		t.Errorf("the failed commit left something in the work directory: %s", d)
+	}
+}
