@@ -99,10 +99,11 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 //
 // A goroutine blocked in a system call keeps its P. When every P is held
 // so, the runtime's sysmon thread takes them back every 20 µs and the
-// reader that wakes with the next request must queue for one: with two
-// CPUs, each request then cost about twice the CPU time and half again
-// the context switches (measured with perf stat on ls -lR). With a P to
-// spare, the runtime leaves blocked readers their P and sysmon sleeps.
+// reader that wakes with the next request must queue for one. With a P
+// to spare, the runtime leaves blocked readers their P. Measured with perf
+// stat over 5.8k requests of a warm ls -lR on two CPUs: daemon CPU 239
+// against 184 ms, 11.3k against 8.1k context switches, 1717 against 171
+// futex calls.
 // GOMAXPROCS set in the environment is left as it is.
 func spareProcs() {
 	if os.Getenv("GOMAXPROCS") != "" {
