@@ -89,9 +89,9 @@ func TestPassthroughSkipsTheDaemon(t *testing.T) {
 }
 
 // TestPassthroughReadOnlyBeforeCopyUp keeps a lower file open read-only
-// while it is copied up and written through passthrough: the read-only
-// handle goes through the daemon, so it sees the new data, and so does a
-// later read-only open.
+// while it is copied up and rewritten, with passthrough on: a handle on a
+// lower file never gets a backing file, so it sees the new data after the
+// copy-up, and the lower stays as it was.
 func TestPassthroughReadOnlyBeforeCopyUp(t *testing.T) {
 	needRoot(t)
 	lowers, upper, mnt := semStack(t, 1)
