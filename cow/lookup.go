@@ -54,6 +54,10 @@ func (o *Object) IsDir() bool { return o.Mode&unix.S_IFMT == unix.S_IFDIR }
 // Upper reports whether o is in the upper layer.
 func (o *Object) Upper() bool { return o.Layer.upper }
 
+// Frozen reports whether o's layer cannot change while mounted: a lower,
+// committed or not, and not the link index.
+func (o *Object) Frozen() bool { return !o.Layer.upper && o.indexName == "" }
+
 // Root returns the root directory of the merged view.
 func (s *Stack) Root() (*Object, error) {
 	var o *Object

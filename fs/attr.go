@@ -127,10 +127,25 @@ func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		// have none is answered without a system call.
 		return 0, syscall.ENODATA
 	}
+	if n.xattrs.Load() == xattrsNone {
+		return 0, syscall.ENODATA
+	}
 	defer n.st.Hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return 0, e
+	}
+	if o.Frozen() && n.xattrs.Load() == xattrsUnknown {
+		// ls -l asks every file for security.selinux, which most
+		// have no more than any other xattr: one look at the list
+		// answers every later question about a frozen object.
+		names, err := n.st.Listxattr(o, rel)
+		if err == nil {
+			n.knowXattrs(o, len(names) > 0)
+			if len(names) == 0 {
+				return 0, syscall.ENODATA
+			}
+		}
 	}
 	v, err := n.st.Getxattr(o, rel, attr)
 	if err != nil {

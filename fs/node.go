@@ -51,6 +51,31 @@ type Node struct {
 	noPrivs atomic.Bool
 	// open counts the node's open handles by kind (passthrough.go).
 	open openCount
+	// xattrs says whether obj, when frozen (cow.Object.Frozen), has
+	// xattrs; setObject and invalidate forget it.
+	xattrs atomic.Int32
+}
+
+// The states of Node.xattrs.
+const (
+	xattrsUnknown int32 = iota
+	xattrsNone
+	xattrsSome
+)
+
+// knowXattrs records whether o, n's frozen object, has xattrs, unless n's
+// object changed meanwhile.
+func (n *Node) knowXattrs(o *cow.Object, some bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.obj != o || n.stale {
+		return
+	}
+	if some {
+		n.xattrs.Store(xattrsSome)
+	} else {
+		n.xattrs.Store(xattrsNone)
+	}
 }
 
 func (n *Node) newNode(o *cow.Object) *Node {
@@ -123,6 +148,7 @@ func (n *Node) setObject(o *cow.Object) {
 	n.mu.Lock()
 	n.obj = o
 	n.stale = false
+	n.xattrs.Store(xattrsUnknown)
 	n.mu.Unlock()
 }
 
@@ -138,6 +164,7 @@ func (n *Node) copiedUp() bool {
 func (n *Node) invalidate() {
 	n.mu.Lock()
 	n.stale = true
+	n.xattrs.Store(xattrsUnknown)
 	n.mu.Unlock()
 }
 

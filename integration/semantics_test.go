@@ -1041,3 +1041,51 @@ func TestSpecialFilesCopyUp(t *testing.T) {
 	}
 	checkLowersUnchanged(t, before)
 }
+
+// TestXattrsOfLowerObjectsFollowChanges asks lower objects, with and
+// without xattrs, for absent and present xattrs (the daemon remembers a
+// lower object that has none), then changes them through the mount: every
+// later answer shows the change.
+func TestXattrsOfLowerObjectsFollowChanges(t *testing.T) {
+	lowers, upper, mnt := semStack(t, 1)
+	semWrite(t, filepath.Join(lowers[0], "bare"), "bare\n", 0o644)
+	semWrite(t, filepath.Join(lowers[0], "d", "f"), "f\n", 0o644)
+	semWrite(t, filepath.Join(lowers[0], "with"), "with\n", 0o644)
+	if err := unix.Setxattr(filepath.Join(lowers[0], "with"), "user.k", []byte("v"), 0); err != nil {
+		t.Skipf("no user xattrs here: %v", err)
+	}
+	semMount(t, lowers, upper, mnt)
+	get := func(rel, name string) string {
+		buf := make([]byte, 64)
+		n, err := unix.Lgetxattr(filepath.Join(mnt, rel), name, buf)
+		if err != nil {
+			return err.Error()
+		}
+		return string(buf[:n])
+	}
+	nodata := unix.ENODATA.Error()
+	for range 2 {
+		for _, c := range [][3]string{
+			{"bare", "security.selinux", nodata}, {"bare", "user.k", nodata},
+			{"d", "user.k", nodata}, {"with", "user.k", "v"}, {"with", "user.x", nodata},
+		} {
+			if got := get(c[0], c[1]); got != c[2] {
+				t.Errorf("%s %s: %q, want %q", c[0], c[1], got, c[2])
+			}
+		}
+	}
+	for _, rel := range []string{"bare", "d", "with"} {
+		if err := unix.Lsetxattr(filepath.Join(mnt, rel), "user.new", []byte(rel), 0); err != nil {
+			t.Fatal(err)
+		}
+		if got := get(rel, "user.new"); got != rel {
+			t.Errorf("%s user.new after setting it: %q", rel, got)
+		}
+	}
+	if err := os.Rename(filepath.Join(mnt, "bare"), filepath.Join(mnt, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if got := get("moved", "user.new"); got != "bare" {
+		t.Errorf("moved user.new: %q", got)
+	}
+}
