@@ -52,12 +52,13 @@ var _ = (fusefs.NodeOpendirHandler)((*Node)(nil))
 // OpendirHandle implements fusefs.NodeOpendirHandler.
 func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	defer n.st.Hold()()
-	if _, _, e := n.object(); e != 0 {
+	rel, o, e := n.object()
+	if e != 0 {
 		return nil, 0, e
 	}
 	var fuseFlags uint32
 	if n.keep {
-		if rel, o, e := n.object(); e == 0 && o.Upper() {
+		if o.Upper() {
 			n.st.AccessedDir(o, rel)
 		}
 		// The kernel keeps the listing until a change through the
