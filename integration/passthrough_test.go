@@ -88,33 +88,6 @@ func TestPassthroughSkipsTheDaemon(t *testing.T) {
 	}
 }
 
-// TestPassthroughReadOnlyBeforeCopyUp keeps a lower file open read-only
-// while it is copied up and rewritten, with passthrough on: a handle on a
-// lower file never gets a backing file, so it sees the new data after the
-// copy-up, and the lower stays as it was.
-func TestPassthroughReadOnlyBeforeCopyUp(t *testing.T) {
-	needRoot(t)
-	lowers, upper, mnt := semStack(t, 1)
-	semWrite(t, filepath.Join(lowers[0], "f"), "lower data\n", 0o644)
-	ptMount(t, lowers, upper, mnt)
-	ro, err := os.Open(filepath.Join(mnt, "f"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ro.Close()
-	if err := os.WriteFile(filepath.Join(mnt, "f"), []byte("upper data\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64)
-	n, err := ro.ReadAt(buf, 0)
-	if got := string(buf[:n]); got != "upper data\n" {
-		t.Errorf("read-only fd opened before the copy-up reads %q, %v", got, err)
-	}
-	if got := semRead(filepath.Join(lowers[0], "f")); got != "lower data\n" {
-		t.Errorf("lower f is %q", got)
-	}
-}
-
 // TestPassthroughCommit commits while a file is open for writing through
 // passthrough: the layer holds the file as it was at the commit, writes
 // through the same descriptor afterwards land in the upper (same inode),

@@ -129,7 +129,8 @@ func semDirents(t *testing.T, dir string) map[string]uint64 {
 // open, and then writes through a read-write open. The write must copy the
 // file up and land in the upper only (with FUSE passthrough, a backing fd
 // cached per inode would send it to the lower), and the read-only fd and a
-// read-only shared mapping opened before the copy-up must see it.
+// read-only shared mapping opened before the copy-up must see it. As root
+// the mount has passthrough on, as by default, for the upper's files.
 func TestLowerNeverWrittenThroughROFd(t *testing.T) {
 	lowers, upper, mnt := semStack(t, 1)
 	const orig = "original content\n"
