@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -133,14 +134,18 @@ func mountUnion(t testing.TB, args ...string) {
 }
 
 // startForeground starts `unionmount -f ARGS...` and waits until the mount
-// point (the last argument) is mounted. It returns the running daemon, so a
-// test can signal or kill it; t.Cleanup unmounts and reaps it.
+// point (the last argument) is mounted and the daemon says so, which it
+// does once it is done with the mount itself: go-fuse opens a file of the
+// new mount from the daemon (its poll hack), and a daemon killed before
+// that is answered keeps a thread waiting for itself in the kernel. It
+// returns the running daemon, so a test can signal or kill it; t.Cleanup
+// unmounts and reaps it.
 func startForeground(t testing.TB, args ...string) *exec.Cmd {
 	t.Helper()
 	needFUSE(t)
 	mnt := args[len(args)-1]
 	cmd := exec.Command(binary, append([]string{"-f"}, args...)...)
-	var out bytes.Buffer
+	var out lockedBuffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	if err := cmd.Start(); err != nil {
@@ -159,7 +164,7 @@ func startForeground(t testing.TB, args ...string) *exec.Cmd {
 		}
 	})
 	deadline := time.Now().Add(10 * time.Second)
-	for !isMounted(mnt) {
+	for !isMounted(mnt) || !strings.Contains(out.String(), "unionmount: mounted") {
 		select {
 		case err := <-done:
 			done <- err
@@ -211,4 +216,22 @@ func daemons(t testing.TB, exe, mnt string) []int {
 		}
 	}
 	return pids
+}
+
+// lockedBuffer is a bytes.Buffer that a command writes while a test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
