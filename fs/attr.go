@@ -16,7 +16,7 @@ var _ = (fusefs.NodeGetattrer)((*Node)(nil))
 
 // Getattr implements fusefs.NodeGetattrer.
 func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	defer n.st.Hold()()
+	defer n.hold()()
 	if h, ok := asHandle(f); ok {
 		return h.getattr(out)
 	}
@@ -36,7 +36,7 @@ var _ = (fusefs.NodeSetattrer)((*Node)(nil))
 
 // Setattr implements fusefs.NodeSetattrer.
 func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return e
@@ -106,7 +106,7 @@ var _ = (fusefs.NodeReadlinker)((*Node)(nil))
 
 // Readlink implements fusefs.NodeReadlinker.
 func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return nil, e
@@ -122,6 +122,8 @@ var _ = (fusefs.NodeGetxattrer)((*Node)(nil))
 
 // Getxattr implements fusefs.NodeGetxattrer.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	// Answers from memory below skip hold, and its yield.
+	n.reg.yield.maybe()
 	if attr == "security.capability" && n.noPrivs.Load() {
 		// The kernel asks before writes and chowns; a file known to
 		// have none is answered without a system call.
@@ -130,7 +132,7 @@ func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if n.xattrs.Load() == xattrsNone {
 		return 0, syscall.ENODATA
 	}
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return 0, e
@@ -161,7 +163,7 @@ var _ = (fusefs.NodeListxattrer)((*Node)(nil))
 
 // Listxattr implements fusefs.NodeListxattrer.
 func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return 0, e
@@ -185,7 +187,7 @@ var _ = (fusefs.NodeSetxattrer)((*Node)(nil))
 
 // Setxattr implements fusefs.NodeSetxattrer.
 func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return e
@@ -203,7 +205,7 @@ var _ = (fusefs.NodeRemovexattrer)((*Node)(nil))
 
 // Removexattr implements fusefs.NodeRemovexattrer.
 func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return e

@@ -16,7 +16,7 @@ var _ = (fusefs.NodeLookuper)((*Node)(nil))
 
 // Lookup implements fusefs.NodeLookuper.
 func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return nil, e
@@ -51,7 +51,7 @@ var _ = (fusefs.NodeOpendirHandler)((*Node)(nil))
 
 // OpendirHandle implements fusefs.NodeOpendirHandler.
 func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return nil, 0, e
@@ -82,7 +82,7 @@ var _ = (fusefs.FileReaddirenter)((*dirHandle)(nil))
 
 // Readdirent implements fusefs.FileReaddirenter.
 func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
-	defer d.n.st.Hold()()
+	defer d.n.hold()()
 	if !d.read {
 		if e := d.load(); e != 0 {
 			return nil, e
@@ -137,7 +137,7 @@ var _ = (fusefs.FileFsyncdirer)((*dirHandle)(nil))
 
 // Fsyncdir implements fusefs.FileFsyncdirer.
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
-	defer d.n.st.Hold()()
+	defer d.n.hold()()
 	rel, _, e := d.n.object()
 	if e != 0 {
 		return e
@@ -167,7 +167,7 @@ func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 }
 
 func (n *Node) make(ctx context.Context, name string, obj cow.NewObject, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return nil, e
@@ -191,7 +191,7 @@ var _ = (fusefs.NodeCreater)((*Node)(nil))
 
 // Create implements fusefs.NodeCreater.
 func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return nil, nil, 0, e
@@ -221,7 +221,7 @@ var _ = (fusefs.NodeTmpfiler)((*Node)(nil))
 
 // Tmpfile implements fusefs.NodeTmpfiler.
 func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return nil, nil, 0, e
@@ -259,7 +259,7 @@ var _ = (fusefs.NodeLinker)((*Node)(nil))
 
 // Link implements fusefs.NodeLinker.
 func (n *Node) Link(ctx context.Context, target fusefs.InodeEmbedder, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	t := target.(*Node)
 	rel, dir, e := n.object()
 	if e != 0 {
@@ -314,7 +314,7 @@ func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
 }
 
 func (n *Node) remove(name string, isDir bool) syscall.Errno {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, dir, e := n.object()
 	if e != 0 {
 		return e
@@ -343,7 +343,7 @@ var _ = (fusefs.NodeRenamer)((*Node)(nil))
 
 // Rename implements fusefs.NodeRenamer.
 func (n *Node) Rename(ctx context.Context, name string, newParent fusefs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	defer n.st.Hold()()
+	defer n.hold()()
 	np := newParent.(*Node)
 	rel, dir, e := n.object()
 	if e != 0 {
@@ -383,7 +383,7 @@ var _ = (fusefs.NodeStatfser)((*Node)(nil))
 
 // Statfs implements fusefs.NodeStatfser.
 func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	defer n.st.Hold()()
+	defer n.hold()()
 	st, err := n.st.Statfs()
 	if err != nil {
 		return errno(err)

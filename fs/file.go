@@ -14,7 +14,7 @@ var _ = (fusefs.NodeOpener)((*Node)(nil))
 
 // Open implements fusefs.NodeOpener.
 func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return nil, 0, e
@@ -162,7 +162,7 @@ var _ = (fusefs.FileReader)((*handle)(nil))
 
 // Read implements fusefs.FileReader.
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	defer h.n.st.Hold()()
+	defer h.n.hold()()
 	n, err := unix.Pread(h.current(), dest, off)
 	if err != nil {
 		return nil, errno(err)
@@ -174,7 +174,7 @@ var _ = (fusefs.FileWriter)((*handle)(nil))
 
 // Write implements fusefs.FileWriter.
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	defer h.n.st.Hold()()
+	defer h.n.hold()()
 	fd, err := h.writable()
 	if err != nil {
 		return 0, errno(err)
@@ -216,7 +216,7 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	if h.n.st.Volatile() {
 		return 0
 	}
-	defer h.n.st.Hold()()
+	defer h.n.hold()()
 	fd := h.current()
 	if flags&1 != 0 { // FUSE_FSYNC_FDATASYNC
 		return errno(unix.Fdatasync(fd))
@@ -228,7 +228,7 @@ var _ = (fusefs.FileGetattrer)((*handle)(nil))
 
 // Getattr implements fusefs.FileGetattrer.
 func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
-	defer h.n.st.Hold()()
+	defer h.n.hold()()
 	return h.getattr(out)
 }
 
@@ -259,7 +259,7 @@ var _ = (fusefs.FileAllocater)((*handle)(nil))
 
 // Allocate implements fusefs.FileAllocater.
 func (h *handle) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
-	defer h.n.st.Hold()()
+	defer h.n.hold()()
 	fd, err := h.writable()
 	if err != nil {
 		return errno(err)
@@ -271,7 +271,7 @@ var _ = (fusefs.FileLseeker)((*handle)(nil))
 
 // Lseek implements fusefs.FileLseeker.
 func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
-	defer h.n.st.Hold()()
+	defer h.n.hold()()
 	n, err := unix.Seek(h.current(), int64(off), int(whence))
 	if err != nil {
 		return 0, errno(err)
@@ -283,7 +283,7 @@ var _ = (fusefs.NodeCopyFileRanger)((*Node)(nil))
 
 // CopyFileRange implements fusefs.NodeCopyFileRanger.
 func (n *Node) CopyFileRange(ctx context.Context, fhIn fusefs.FileHandle, offIn uint64, out *fusefs.Inode, fhOut fusefs.FileHandle, offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
-	defer n.st.Hold()()
+	defer n.hold()()
 	in, ok1 := asHandle(fhIn)
 	o, ok2 := asHandle(fhOut)
 	if !ok1 || !ok2 {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -73,7 +72,7 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 		NullPermissions: true,
 		RootStableAttr:  &fusefs.StableAttr{Mode: unix.S_IFDIR, Ino: root.Ino},
 	}
-	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}}, obj: root, tmpfd: -1, ttl: cache.Timeout, keep: cache.Timeout > 0}
+	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}, yield: newYielder()}, obj: root, tmpfd: -1, ttl: cache.Timeout, keep: cache.Timeout > 0}
 	server, err := fusefs.Mount(mountpoint, rootNode, opts)
 	if err != nil {
 		return nil, err
@@ -90,28 +89,6 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	raiseReadahead(mountpoint, mo.MaxWrite)
 	spareProcs()
 	return &Server{Server: server, root: rootNode}, nil
-}
-
-// spareProcs gives the Go scheduler more Ps than go-fuse keeps reader
-// goroutines blocked in read(2) on /dev/fuse; it must run after the
-// server has sized its reader pool from GOMAXPROCS (one per P, at least 2,
-// at most 16, and one more while a request is handed over).
-//
-// A goroutine blocked in a system call keeps its P. When every P is held
-// so, the runtime's sysmon thread takes them back every 20 µs and the
-// reader that wakes with the next request must queue for one. With a P
-// to spare, the runtime leaves blocked readers their P. Measured with perf
-// stat over 5.8k requests of a warm ls -lR on two CPUs: daemon CPU 239
-// against 184 ms, 11.3k against 8.1k context switches, 1717 against 171
-// futex calls.
-// GOMAXPROCS set in the environment is left as it is.
-func spareProcs() {
-	if os.Getenv("GOMAXPROCS") != "" {
-		return
-	}
-	procs := runtime.GOMAXPROCS(0)
-	readers := min(max(procs, 2), 16) + 1
-	runtime.GOMAXPROCS(procs + readers)
 }
 
 // raiseReadahead lets the kernel read ahead up to size bytes of a file

@@ -23,6 +23,8 @@ type nodes struct {
 	// passthrough is set once the kernel took a backing file from the
 	// daemon (passthrough.go).
 	passthrough atomic.Bool
+	// yield paces the requests' passes through the scheduler (sched.go).
+	yield yielder
 }
 
 // Node is one merged object.
@@ -111,6 +113,14 @@ func (n *Node) rel() (string, bool) {
 		b = append(b, segs[i]...)
 	}
 	return string(b), true
+}
+
+// hold takes the stack's hold for one request (cow.Stack.Hold); every
+// request that reaches the daemon's code comes through here, so it is
+// also where the goroutine serving it may yield (sched.go).
+func (n *Node) hold() (release func()) {
+	n.reg.yield.maybe()
+	return n.st.Hold()
 }
 
 // object returns the node's path and current object, looking it up again
