@@ -65,6 +65,9 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 	if err := s.placeCopy(tmp, rel); err != nil {
 		return nil, err
 	}
+	if o.IsDir() {
+		s.dirCopiedUp(rel)
+	}
 	c := s.upperObject(o)
 	if multi {
 		c.Layer, c.indexName = s.index, indexName(o.Ino)
@@ -117,7 +120,24 @@ func (s *Stack) copyUpDir(rel string) error {
 		removeAll(s.work, tmp)
 		return fmt.Errorf("copy up %s: %w", rel, err)
 	}
-	return s.placeCopy(tmp, rel)
+	if err := s.placeCopy(tmp, rel); err != nil {
+		return err
+	}
+	s.dirCopiedUp(rel)
+	return nil
+}
+
+// OnDirCopyUp has f called with the path of each directory copied up from
+// now on, once it is in the upper. A copied-up directory keeps the lower
+// one's atime with a new ctime, so that, under relatime, its next listing
+// should update its atime (see fs/opendir.go). f runs inside the copy-up,
+// with the path's copy-up lock held.
+func (s *Stack) OnDirCopyUp(f func(rel string)) { s.onDirCopyUp = f }
+
+func (s *Stack) dirCopiedUp(rel string) {
+	if s.onDirCopyUp != nil {
+		s.onDirCopyUp(rel)
+	}
 }
 
 // placeCopy renames the finished copy tmp from the work directory to rel in

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -428,5 +429,34 @@ func TestCopyUpLockCollision(t *testing.T) {
 		// BUG: CopyUp holds the lock of name while copyUpDir takes
 		// that of "d", the same mutex: a self-deadlock.
 		t.Fatalf("BUG: CopyUp(%s) deadlocked: it shares a copy-up lock with its parent d", name)
+	}
+}
+
+// TestOnDirCopyUp checks that the OnDirCopyUp hook hears of every
+// directory copied up, parents first, whether as the parent of a file or
+// as the object itself, once each and only once it is in the upper.
+func TestOnDirCopyUp(t *testing.T) {
+	ts := newTestStack(t, nil, []entry{
+		dir("a"), dir("a/b"), dir("a/b/c"), file("a/b/c/f", "data"),
+		dir("d"), dir("d/e"),
+	})
+	var heard []string
+	ts.OnDirCopyUp(func(rel string) {
+		if _, err := os.Lstat(filepath.Join(ts.upper, rel)); err != nil {
+			t.Errorf("hook for %s before it is in the upper: %v", rel, err)
+		}
+		heard = append(heard, rel)
+	})
+	if _, err := ts.CopyUp(ts.mustLookup(t, "a/b/c/f"), "a/b/c/f", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.CopyUp(ts.mustLookup(t, "d/e"), "d/e", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.CopyUp(ts.mustLookup(t, "a/b"), "a/b", false); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(heard, " "), "a a/b a/b/c d d/e"; got != want {
+		t.Errorf("heard of %q, want %q", got, want)
 	}
 }

@@ -70,6 +70,8 @@ type Stack struct {
 
 	// marked is set when this stack made the volatile marker.
 	marked bool
+
+	onDirCopyUp func(rel string) // see OnDirCopyUp
 }
 
 // Open opens the layers named by cfg and prepares the work directory,

@@ -71,6 +71,7 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 		return errno(err)
 	}
 	n.setObject(c)
+	n.atimeDue()
 	if a.Mode != nil || a.UID != nil || a.GID != nil {
 		n.noPrivs.Store(false)
 	}
@@ -197,6 +198,7 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 		return errno(err)
 	}
 	n.setObject(c)
+	n.atimeDue()
 	n.noPrivs.Store(false)
 	return 0
 }
@@ -215,5 +217,6 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 		return errno(err)
 	}
 	n.setObject(c)
+	n.atimeDue()
 	return 0
 }

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"strings"
 	"syscall"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -66,6 +67,32 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHand
 		fuseFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
 	}
 	return &dirHandle{n: n}, fuseFlags, 0
+}
+
+// atimeDue drops the kernel's cached listing of n, a directory whose atime
+// a listing should now update: under relatime, as the kernel's overlay
+// mounts the upper, a listing updates the atime when it is not after the
+// mtime or ctime. The daemon updates it when it lists the directory (see
+// OpendirHandle), and with directories opened by the kernel itself
+// (opendir.go) a listing reaches the daemon only when the kernel has none
+// cached. A change of the directory's entries drops the kernel's listing
+// anyway; a change of its ctime alone (chmod, chown, utimes, xattrs, a
+// rename of the directory, a copy-up) calls this.
+func (n *Node) atimeDue() {
+	if n.keep && n.IsDir() {
+		n.NotifyContent(0, 0)
+	}
+}
+
+// nodeAt returns the node at rel below n if the kernel knows one, or nil.
+func (n *Node) nodeAt(rel string) *Node {
+	in := n.EmbeddedInode()
+	for name := range strings.SplitSeq(rel, "/") {
+		if in = in.GetChild(name); in == nil {
+			return nil
+		}
+	}
+	return in.Operations().(*Node)
 }
 
 // dirHandle is an open directory. It lists the merged directory once, on
@@ -374,6 +401,8 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	for _, ch := range []*fusefs.Inode{n.GetChild(name), np.GetChild(newName)} {
 		if ch != nil {
 			ch.Operations().(*Node).invalidateTree()
+			// A rename changes the ctime of what it moves.
+			ch.Operations().(*Node).atimeDue()
 		}
 	}
 	return 0

@@ -73,8 +73,23 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 		RootStableAttr:  &fusefs.StableAttr{Mode: unix.S_IFDIR, Ino: root.Ino},
 	}
 	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}, yield: newYielder()}, obj: root, tmpfd: -1, ttl: cache.Timeout, keep: cache.Timeout > 0}
-	server, err := fusefs.Mount(mountpoint, rootNode, opts)
+	// fusefs.Mount, with go-fuse's node bridge wrapped.
+	raw := fusefs.NewNodeFS(rootNode, opts)
+	if rootNode.keep {
+		raw = newOpenless(raw)
+		st.OnDirCopyUp(func(rel string) {
+			if n := rootNode.nodeAt(rel); n != nil {
+				n.invalidate() // its object is the lower one
+				n.atimeDue()
+			}
+		})
+	}
+	server, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
 	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
 		return nil, err
 	}
 	// Passthrough needs root (CAP_SYS_ADMIN) and a kernel that has it;

@@ -227,6 +227,13 @@ var regressionCorpus = []sequence{
 	{"rmdir-notempty-keeps-atime", 0, []op{
 		opChmod("full/keep", 0600), opRmdir("full"), opUtimes("full", utOmitAtime, 5),
 	}},
+	// A listing of a directory must move its atime after a rename
+	// copied it up, though the kernel keeps the listing it cached before
+	// (fs/opendir.go: the kernel opens directories itself). Found by
+	// -diff.seed=2, 3 and 4.
+	{"listing-after-copy-up-moves-atime", 0, []op{
+		opReaddir("d/sub"), opRename("d/sub", "d/n1", 0), opReaddir("d/n1"), opUtimes("d/n1", utOmitAtime, 962),
+	}},
 }
 
 // foundCorpus is reproductions of differences from kernel overlayfs that
@@ -241,6 +248,13 @@ var foundCorpus = []sequence{
 	// and 140.
 	{"read-empty-file-atime", 0, []op{
 		opChmod("empty.txt", 0644), opRead("empty.txt"), opUtimes("empty.txt", utOmitAtime, 5),
+	}},
+	// A read served from the kernel's page cache does not move the
+	// atime, which a chown made due under relatime: keeping file pages
+	// across opens is the point of FOPEN_KEEP_CACHE. Found by
+	// -diff.seed=3.
+	{"cached-read-after-chown-atime", 0, []op{
+		opRead("zero.txt"), opChown("zero.txt", 1000, 1001), opRead("zero.txt"), opUtimes("zero.txt", utOmitAtime, 519),
 	}},
 }
 

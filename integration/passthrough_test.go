@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"os/exec"
@@ -16,13 +17,17 @@ import (
 
 // ptMount mounts lowers over upper on mnt with the debug log in a file,
 // and returns a function counting the requests of each opcode logged so
-// far.
+// far. A panic in the daemon (go-fuse logs it and serves on) fails the
+// test.
 func ptMount(t *testing.T, lowers []string, upper, mnt string, opts ...string) (count func(op string) int) {
 	t.Helper()
 	log := filepath.Join(t.TempDir(), "debug.log")
 	t.Cleanup(func() {
+		data, _ := os.ReadFile(log)
+		if bytes.Contains(data, []byte("panic")) {
+			t.Errorf("the daemon panicked")
+		}
 		if t.Failed() {
-			data, _ := os.ReadFile(log)
 			t.Logf("debug log:\n%s", data)
 		}
 	})
