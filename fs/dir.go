@@ -59,7 +59,12 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHand
 	}
 	var fuseFlags uint32
 	if n.keep {
-		if o.Upper() {
+		if o.Upper() && !n.reg.openless.Load() {
+			// An OPENDIR per open, but the listing may come from
+			// the kernel's cache: move the atime as a listing
+			// would. Where the kernel opens directories itself,
+			// only a listing that reaches the daemon opens one
+			// here, and its read of the upper moves the atime.
 			n.st.AccessedDir(o, rel)
 		}
 		// The kernel keeps the listing until a change through the
@@ -72,8 +77,8 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHand
 // atimeDue drops the kernel's cached listing of n, a directory whose atime
 // a listing should now update: under relatime, as the kernel's overlay
 // mounts the upper, a listing updates the atime when it is not after the
-// mtime or ctime. The daemon updates it when it lists the directory (see
-// OpendirHandle), and with directories opened by the kernel itself
+// mtime or ctime. A listing by the daemon reads the upper directory, which
+// updates it, and with directories opened by the kernel itself
 // (opendir.go) a listing reaches the daemon only when the kernel has none
 // cached. A change of the directory's entries drops the kernel's listing
 // anyway; a change of its ctime alone (chmod, chown, utimes, xattrs, a
@@ -400,9 +405,10 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	np.dirCopiedUp(ndir)
 	for _, ch := range []*fusefs.Inode{n.GetChild(name), np.GetChild(newName)} {
 		if ch != nil {
-			ch.Operations().(*Node).invalidateTree()
+			moved := ch.Operations().(*Node)
+			moved.invalidateTree()
 			// A rename changes the ctime of what it moves.
-			ch.Operations().(*Node).atimeDue()
+			moved.atimeDue()
 		}
 	}
 	return 0

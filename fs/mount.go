@@ -76,7 +76,7 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	// fusefs.Mount, with go-fuse's node bridge wrapped.
 	raw := fusefs.NewNodeFS(rootNode, opts)
 	if rootNode.keep {
-		raw = newOpenless(raw)
+		raw = newOpenless(raw, &rootNode.reg.openless)
 		st.OnDirCopyUp(func(rel string) {
 			if n := rootNode.nodeAt(rel); n != nil {
 				n.invalidate() // its object is the lower one

@@ -25,6 +25,9 @@ type nodes struct {
 	passthrough atomic.Bool
 	// yield paces the requests' passes through the scheduler (sched.go).
 	yield yielder
+	// openless is set when the kernel opens directories itself
+	// (opendir.go).
+	openless atomic.Bool
 }
 
 // Node is one merged object.

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -33,7 +34,7 @@ import (
 // forget a node with a handle open.
 //
 // A listing the kernel serves from its cache never reaches the daemon,
-// which moves an upper directory's atime as it lists it; Node.atimeDue
+// whose read of an upper directory moves its atime; Node.atimeDue
 // (dir.go) drops the cached listing whenever relatime would move the
 // atime at the next listing.
 //
@@ -45,8 +46,8 @@ type openless struct {
 
 	// on is set at INIT when the kernel can open directories itself
 	// (FUSE_NO_OPENDIR_SUPPORT, Linux 5.1); before that, ENOSYS would
-	// fail the open.
-	on bool
+	// fail the open. It is also stored in the nodes' registry.
+	on *atomic.Bool
 
 	mu      sync.Mutex
 	waiting map[uint64]map[uint64]uint64 // node ID → next offset → handle
@@ -57,20 +58,20 @@ type openless struct {
 // reading before their end; each holds a merged directory listing.
 const maxWaiting = 256
 
-func newOpenless(raw fuse.RawFileSystem) *openless {
-	return &openless{RawFileSystem: raw, waiting: map[uint64]map[uint64]uint64{}}
+func newOpenless(raw fuse.RawFileSystem, on *atomic.Bool) *openless {
+	return &openless{RawFileSystem: raw, on: on, waiting: map[uint64]map[uint64]uint64{}}
 }
 
 // Init implements fuse.RawFileSystem; the server calls it once INIT is
 // answered, before any other request.
 func (o *openless) Init(s *fuse.Server) {
-	o.on = s.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT != 0
+	o.on.Store(s.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT != 0)
 	o.RawFileSystem.Init(s)
 }
 
 // OpenDir tells the kernel to open directories itself.
 func (o *openless) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if !o.on {
+	if !o.on.Load() {
 		return o.RawFileSystem.OpenDir(cancel, in, out)
 	}
 	return fuse.ENOSYS
