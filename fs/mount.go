@@ -73,10 +73,16 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 		RootStableAttr:  &fusefs.StableAttr{Mode: unix.S_IFDIR, Ino: root.Ino},
 	}
 	rootNode := &Node{st: st, reg: &nodes{m: map[uint64]*Node{}, yield: newYielder()}, obj: root, tmpfd: -1, ttl: cache.Timeout, keep: cache.Timeout > 0}
-	// fusefs.Mount, with go-fuse's node bridge wrapped.
-	raw := fusefs.NewNodeFS(rootNode, opts)
+	// The node bridge, served by transport.go: go-fuse's protocol server
+	// decodes the requests and calls the bridge; the notifications and
+	// the backing files go to the kernel through the transport.
+	tr := newTransport(mo.MaxWrite)
+	opts.ServerCallbacks = tr
+	var raw fuse.RawFileSystem = fusefs.NewNodeFS(rootNode, opts)
 	if rootNode.keep {
-		raw = newOpenless(raw, &rootNode.reg.openless)
+		ol := newOpenless(raw, &rootNode.reg.openless)
+		raw = ol
+		tr.onInit = ol.init
 		st.OnDirCopyUp(func(rel string) {
 			if n := rootNode.nodeAt(rel); n != nil {
 				n.invalidate() // its object is the lower one
@@ -84,18 +90,16 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 			}
 		})
 	}
-	server, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
+	fd, err := mountFuse(mountpoint, &opts.MountOptions)
 	if err != nil {
 		return nil, err
 	}
-	go server.Serve()
-	if err := server.WaitMount(); err != nil {
-		return nil, err
-	}
+	tr.serve(fd, fuse.NewProtocolServer(raw, &opts.MountOptions))
+	<-tr.inited
 	// Passthrough needs root (CAP_SYS_ADMIN) and a kernel that has it;
 	// without either, every handle goes through the daemon.
 	if upper := st.UpperDir(); !cache.NoPassthrough && upper != "" {
-		if err := probePassthrough(server, upper); err != nil {
+		if err := probePassthrough(tr, upper); err != nil {
 			log.Printf("passthrough off: the kernel refuses backing files: %v", err)
 		} else {
 			rootNode.reg.passthrough.Store(true)
@@ -103,7 +107,7 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	}
 	raiseReadahead(mountpoint, mo.MaxWrite)
 	spareProcs()
-	return &Server{Server: server, root: rootNode}, nil
+	return &Server{tr: tr, mountpoint: mountpoint, root: rootNode}, nil
 }
 
 // raiseReadahead lets the kernel read ahead up to size bytes of a file
@@ -123,8 +127,22 @@ func raiseReadahead(mountpoint string, size int) {
 
 // Server is a mounted stack.
 type Server struct {
-	*fuse.Server
-	root *Node
+	tr         *transport
+	mountpoint string
+	root       *Node
+}
+
+// Wait returns once the mount is gone: unmounted by anyone, or its
+// connection aborted.
+func (s *Server) Wait() { s.tr.wait() }
+
+// Unmount unmounts the mount and waits until its requests are served.
+func (s *Server) Unmount() error {
+	if err := unmountSoon(s.mountpoint); err != nil {
+		return err
+	}
+	s.Wait()
+	return nil
 }
 
 // Commit freezes the upper into a new lower layer while the mount stays in

@@ -62,11 +62,10 @@ func newOpenless(raw fuse.RawFileSystem, on *atomic.Bool) *openless {
 	return &openless{RawFileSystem: raw, on: on, waiting: map[uint64]map[uint64]uint64{}}
 }
 
-// Init implements fuse.RawFileSystem; the server calls it once INIT is
-// answered, before any other request.
-func (o *openless) Init(s *fuse.Server) {
-	o.on.Store(s.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT != 0)
-	o.RawFileSystem.Init(s)
+// init learns from the kernel's INIT request whether it can open
+// directories itself; the transport calls it before any other request.
+func (o *openless) init(kernel uint64) {
+	o.on.Store(kernel&fuse.CAP_NO_OPENDIR_SUPPORT != 0)
 }
 
 // OpenDir tells the kernel to open directories itself.

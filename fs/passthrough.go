@@ -153,7 +153,7 @@ func (n *Node) mayGainPrivs() bool {
 // probePassthrough reports whether the kernel takes backing files from
 // this daemon: it registers an unnamed file in dir, the upper, and drops
 // it again.
-func probePassthrough(server *fuse.Server, dir string) error {
+func probePassthrough(server *transport, dir string) error {
 	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err

@@ -9,33 +9,27 @@ import (
 
 // The daemon and the Go scheduler.
 //
-// go-fuse serves each request on the goroutine that read it from
-// /dev/fuse, which then reads the next one: a reader spends its life
-// blocked in read(2), waking for a request, serving it, and blocking again.
-// Two habits of the Go runtime make that dearer than it needs to be, and
-// this file works around both.
+// The transport (transport.go) serves each request on the goroutine that
+// read it from /dev/fuse, which then reads the next one: a reader spends
+// its life blocked in read(2), waking for a request, serving it, and
+// blocking again. Two habits of the Go runtime make that dearer than it
+// needs to be, and this file works around both.
 
-// readers is how many goroutines go-fuse keeps reading /dev/fuse for a
-// server made with GOMAXPROCS at procs (fuse.NewServer: one per P, at
-// least 2, at most 16, and one more while a request is handed over).
-func readers(procs int) int { return min(max(procs, 2), 16) + 1 }
-
-// spareProcs gives the Go scheduler more Ps than go-fuse keeps reader
-// goroutines blocked in read(2) on /dev/fuse. It must run after the
-// server has sized its reader pool from GOMAXPROCS.
+// spareProcs gives the Go scheduler one P more than there are CPUs, for
+// the reader blocked in read(2) on /dev/fuse. It must run after the
+// transport started.
 //
 // A goroutine blocked in a system call keeps its P. When every P is held
 // so, the runtime's sysmon thread takes them back every 20 µs and the
 // reader that wakes with the next request must queue for one. With a P
-// to spare, the runtime leaves blocked readers their P. Measured with perf
+// to spare, the runtime leaves a blocked reader its P. Measured with perf
 // stat over 5.8k requests of a warm ls -lR on two CPUs: daemon CPU 239
 // against 184 ms, 11.3k against 8.1k context switches, 1717 against 171
 // futex calls.
 // GOMAXPROCS set in the environment is left as it is.
 func spareProcs() {
 	if os.Getenv("GOMAXPROCS") == "" {
-		procs := runtime.GOMAXPROCS(0)
-		runtime.GOMAXPROCS(procs + readers(procs))
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
 	}
 }
 
@@ -62,11 +56,13 @@ type yielder struct {
 	last  atomic.Int64  // when the last yield was, in ns since start
 }
 
-// newYielder paces the yields of a server made with GOMAXPROCS as it is
-// now: each of its readers should pass through the scheduler well within
-// forcePreempt, and a yield lands on whichever reader serves at the time.
+// newYielder paces the yields: the reader should pass through the
+// scheduler well within forcePreempt. A yield costs two context switches
+// (the runtime wakes an idle thread for the yielding goroutine's P, and the
+// thread that yielded finds nothing to do and sleeps), so not much more
+// often than that.
 func newYielder() yielder {
-	return yielder{every: forcePreempt / time.Duration(2*readers(runtime.GOMAXPROCS(0)))}
+	return yielder{every: forcePreempt / 2}
 }
 
 var start = time.Now()

@@ -4,9 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -154,7 +152,7 @@ func (u *Union) Serve() error {
 	case <-sigs:
 	}
 	if err := u.server.Unmount(); err != nil {
-		if err := unmount(u.opts.Mountpoint, true); err != nil {
+		if err := fs.Unmount(u.opts.Mountpoint, true); err != nil {
 			return err
 		}
 	}
@@ -166,41 +164,11 @@ func (u *Union) Serve() error {
 	}
 }
 
-// Unmount unmounts the unionmount mount on dir: with umount(2) as root and
-// with fusermount3 -u otherwise. A lazy unmount detaches a busy mount now
-// and finishes once it is no longer used.
+// Unmount unmounts the unionmount mount on dir (fs.Unmount).
 func Unmount(dir string, lazy bool) error {
 	p, err := findMount(dir)
 	if err != nil {
 		return err
 	}
-	return unmount(p, lazy)
-}
-
-func unmount(dir string, lazy bool) error {
-	if os.Geteuid() == 0 {
-		flags := 0
-		if lazy {
-			flags = unix.MNT_DETACH
-		}
-		if err := unix.Unmount(dir, flags); err != nil {
-			if errors.Is(err, unix.EBUSY) {
-				return fmt.Errorf("unmount %s: %w (try --lazy)", dir, err)
-			}
-			return fmt.Errorf("unmount %s: %w", dir, err)
-		}
-		return nil
-	}
-	args := []string{"-u", dir}
-	if lazy {
-		args = []string{"-u", "-z", dir}
-	}
-	out, err := exec.Command("fusermount3", args...).CombinedOutput()
-	if err != nil {
-		if msg := strings.TrimSpace(string(out)); msg != "" {
-			return fmt.Errorf("unmount %s: %s", dir, msg)
-		}
-		return fmt.Errorf("unmount %s: fusermount3: %w", dir, err)
-	}
-	return nil
+	return fs.Unmount(p, lazy)
 }
