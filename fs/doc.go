@@ -39,6 +39,17 @@
 // root, the mount reads ahead up to 1 MiB (its backing device's
 // read_ahead_kb), where FUSE's defaults are 128 KiB.
 //
+// # Serving /dev/fuse
+//
+// go-fuse's protocol server (fuse.ProtocolServer) decodes the requests and
+// calls its node bridge, which calls the nodes; the daemon's own transport
+// (transport.go) reads the requests from /dev/fuse and writes the replies.
+// One goroutine reads at a time and serves what it read, as a
+// single-threaded libfuse daemon does, so a program's requests in sequence
+// cost one wake-up each, not two; a watchdog adds a reader while a slow
+// request (a big copy-up, an fsync) keeps the only one busy. devfuse.go
+// mounts and unmounts.
+//
 // # Passthrough
 //
 // As root, a file whose data is in the upper is opened through FUSE

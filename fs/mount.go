@@ -117,11 +117,13 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 // sysfs (Documentation/ABI/testing/sysfs-class-bdi), which only root may
 // write; otherwise the default stays.
 func raiseReadahead(mountpoint string, size int) {
-	var st unix.Stat_t
-	if err := unix.Stat(mountpoint, &st); err != nil {
+	// From what the kernel has: the daemon must send its own mount no
+	// request it might die waiting for.
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, mountpoint, unix.AT_STATX_DONT_SYNC, 0, &stx); err != nil {
 		return
 	}
-	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", stx.Dev_major, stx.Dev_minor)
 	_ = os.WriteFile(p, []byte(strconv.Itoa(size>>10)), 0)
 }
 
