@@ -176,8 +176,9 @@ func (t *transport) handle(req, out []byte) {
 		*oh = fuse.OutHeader{Length: uint32(unsafe.Sizeof(*oh)), Status: -int32(st), Unique: h.Unique}
 		n = int(oh.Length)
 	}
-	if _, err := unix.Write(t.fd, out[:n]); err != nil && err != unix.ENOENT {
-		// ENOENT: the request was interrupted and is gone.
+	if _, err := unix.Write(t.fd, out[:n]); err != nil && err != unix.ENOENT && err != unix.ENODEV {
+		// ENOENT: the request was interrupted and is gone; ENODEV: the
+		// mount is.
 		log.Printf("reply to %d: %v", h.Opcode, err)
 	}
 	if h.Opcode == opInit {

@@ -135,11 +135,9 @@ func mountUnion(t testing.TB, args ...string) {
 
 // startForeground starts `unionmount -f ARGS...` and waits until the mount
 // point (the last argument) is mounted and the daemon says so, which it
-// does once it is done with the mount itself: go-fuse opens a file of the
-// new mount from the daemon (its poll hack), and a daemon killed before
-// that is answered keeps a thread waiting for itself in the kernel. It
-// returns the running daemon, so a test can signal or kill it; t.Cleanup
-// unmounts and reaps it.
+// does once it is done setting the mount up (and subscribed to signals).
+// It returns the running daemon, so a test can signal or kill it;
+// t.Cleanup unmounts and reaps it.
 func startForeground(t testing.TB, args ...string) *exec.Cmd {
 	t.Helper()
 	needFUSE(t)
