@@ -58,10 +58,6 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	if mo.MaxWrite == 0 {
 		mo.MaxWrite = 1 << 20
 	}
-	// Read replies are data the daemon already holds: go-fuse would copy
-	// them into a pipe and splice that into the device, three system
-	// calls where one writev does.
-	mo.DisableSplice = true
 	// The daemon removes privileges on write itself (see killpriv.go).
 	mo.ExtraCapabilities |= fuse.CAP_HANDLE_KILLPRIV_V2
 	opts := &fusefs.Options{

@@ -108,8 +108,8 @@ func (o *Options) fuseOptions() fuse.MountOptions {
 		mo.Options = append(mo.Options, "default_permissions")
 	}
 	if os.Geteuid() == 0 {
-		// Root needs no fusermount3; go-fuse falls back to it if
-		// mount(2) fails. Flags must then be bits, not options.
+		// Root needs no fusermount3; fs falls back to it if mount(2)
+		// is refused. Flags must then be bits, not options.
 		mo.DirectMount = true
 		if o.ReadOnly {
 			mo.DirectMountFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_RDONLY
