@@ -161,8 +161,9 @@ func Unmount(dir string, lazy bool) error {
 	return nil
 }
 
-// unmountSoon is Unmount that tries again a few times over about a second
-// while the mount is busy: a file closed just now may still count as open.
+// unmountSoon is Unmount that tries again a few times over a third of a
+// second while the mount is busy: a file closed just now may still count
+// as open.
 func unmountSoon(dir string) error {
 	var err error
 	delay := 5 * time.Millisecond

@@ -16,8 +16,7 @@ import (
 // needs to be, and this file works around both.
 
 // spareProcs gives the Go scheduler one P more than there are CPUs, for
-// the reader blocked in read(2) on /dev/fuse. It must run after the
-// transport started.
+// the reader blocked in read(2) on /dev/fuse.
 //
 // A goroutine blocked in a system call keeps its P. When every P is held
 // so, the runtime's sysmon thread takes them back every 20 µs and the
