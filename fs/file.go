@@ -32,7 +32,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if c != o {
 		n.setObject(c)
 	}
-	h, err := n.opened(ctx, newHandle(n, fd, flags, c.DataUpper()), fd, flags, c.DataUpper(), false)
+	h, err := n.opened(ctx, newHandle(n, fd, flags, c.DataUpper()), flags, c.DataUpper(), false)
 	if err != nil {
 		unix.Close(fd)
 		return nil, 0, errno(err)

@@ -77,10 +77,11 @@ func asHandle(f fusefs.FileHandle) (*handle, bool) {
 	return nil, false
 }
 
-// opened counts a handle about to be returned for the object open as fd
-// with flags (fresh: just created by the opener), and returns it as a
+// opened counts a handle about to be returned for an open with flags
+// (fresh: the file was just created by the opener), and returns it as a
 // passthrough handle when it is to be one.
-func (n *Node) opened(ctx context.Context, h *handle, fd int, flags uint32, dataUpper, fresh bool) (fusefs.FileHandle, error) {
+func (n *Node) opened(ctx context.Context, h *handle, flags uint32, dataUpper, fresh bool) (fusefs.FileHandle, error) {
+	fd := h.fd
 	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	c, ok := fuse.FromContext(ctx)
 	other := write && (!ok || c.Uid != 0)

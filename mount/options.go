@@ -115,22 +115,12 @@ func (o *Options) Parse(args []string, mountOpts []string) error {
 			case key == "log" && hasVal:
 				o.Log = unescape(val)
 			case key == "passthrough" && hasVal:
-				switch val {
-				case "on":
-					o.Cache.NoPassthrough = false
-				case "off":
-					o.Cache.NoPassthrough = true
-				default:
-					return fmt.Errorf("mount option %q: want on or off", opt)
+				if o.Cache.NoPassthrough, err = off(opt, val); err != nil {
+					return err
 				}
 			case key == "metacopy" && hasVal:
-				switch val {
-				case "on":
-					o.NoMetacopy = false
-				case "off":
-					o.NoMetacopy = true
-				default:
-					return fmt.Errorf("mount option %q: want on or off", opt)
+				if o.NoMetacopy, err = off(opt, val); err != nil {
+					return err
 				}
 			case hasVal:
 				if !ignoredValue[key] && !strings.HasPrefix(key, "x-") {
@@ -345,4 +335,15 @@ func unescape(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// off parses the value of an on/off mount option: whether it says off.
+func off(opt, val string) (bool, error) {
+	switch val {
+	case "on":
+		return false, nil
+	case "off":
+		return true, nil
+	}
+	return false, fmt.Errorf("mount option %q: want on or off", opt)
 }
