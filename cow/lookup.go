@@ -48,6 +48,14 @@ func (o *Object) dataLoc(rel string) (*Layer, string) {
 	return o.Layer, o.loc(rel)
 }
 
+// SameData reports whether o at rel and p at prel have their data in the
+// same file of the same layer.
+func (o *Object) SameData(rel string, p *Object, prel string) bool {
+	l1, p1 := o.dataLoc(rel)
+	l2, p2 := p.dataLoc(prel)
+	return l1 == l2 && p1 == p2
+}
+
 // IsDir reports whether o is a directory.
 func (o *Object) IsDir() bool { return o.Mode&unix.S_IFMT == unix.S_IFDIR }
 

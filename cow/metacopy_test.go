@@ -448,3 +448,46 @@ func hasData(t *testing.T, p string) bool {
 	}
 	return true
 }
+
+// TestSameData checks which objects SameData calls one file's data: a
+// metadata-only copy and its lower, but neither of them and the full
+// copy-up that replaces them, nor that copy once a commit froze it.
+func TestSameData(t *testing.T) {
+	ts := newMetaStack(t, bigLower())
+	low := ts.mustLookup(t, "d/f")
+	mode := uint32(0o600)
+	meta, err := ts.Setattr(low, "d/f", Attr{Mode: &mode, FromHandle: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !meta.Metacopy() {
+		t.Fatal("chmod of d/f made no metadata-only copy")
+	}
+	fd, full, err := ts.Open(meta, "d/f", unix.O_WRONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	again := ts.mustLookup(t, "d/f")
+	for _, c := range []struct {
+		what string
+		a, b *Object
+		want bool
+	}{
+		{"lower, itself", low, low, true},
+		{"lower, its metadata-only copy", low, meta, true},
+		{"metadata-only copy, full copy", meta, full, false},
+		{"lower, full copy", low, full, false},
+		{"full copy, looked up again", full, again, true},
+	} {
+		if got := c.a.SameData("d/f", c.b, "d/f"); got != c.want {
+			t.Errorf("SameData(%s) = %v, want %v", c.what, got, c.want)
+		}
+	}
+	if _, err := ts.Commit(nil); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := full.SameData("d/f", again, "d/f"), full.SameData("d/f", low, "d/f"); !a || b {
+		t.Errorf("after a commit: SameData(frozen copy, itself looked up before) = %v, SameData(frozen copy, lower) = %v; want true, false", a, b)
+	}
+}

@@ -241,7 +241,7 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	node := ch.Operations().(*Node)
 	// A new file has no security.capability; see killPriv.
 	node.noPrivs.Store(out.Attr.Mode&(unix.S_ISUID|unix.S_ISGID) == 0)
-	h, err := node.opened(ctx, newHandle(node, fd, flags, true), flags, true, true)
+	h, err := node.opened(ctx, newHandle(node, fd, flags, o, join(rel, name)), flags, true, true)
 	if err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, errno(err)
@@ -279,7 +279,7 @@ func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	node.tmpfd = keep
 	ch := n.NewInode(ctx, node, n.idFor(o))
 	// An unnamed file is not kept by a commit: no passthrough.
-	h, err := node.opened(ctx, newHandle(node, fd, flags, true), flags, false, true)
+	h, err := node.opened(ctx, newHandle(node, fd, flags, o, ""), flags, false, true)
 	if err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, errno(err)

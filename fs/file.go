@@ -8,6 +8,8 @@ import (
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/cow"
 )
 
 var _ = (fusefs.NodeOpener)((*Node)(nil))
@@ -32,7 +34,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if c != o {
 		n.setObject(c)
 	}
-	h, err := n.opened(ctx, newHandle(n, fd, flags, c.DataUpper()), flags, c.DataUpper(), false)
+	h, err := n.opened(ctx, newHandle(n, fd, flags, c, rel), flags, c.DataUpper(), false)
 	if err != nil {
 		unix.Close(fd)
 		return nil, 0, errno(err)
@@ -51,21 +53,25 @@ func (n *Node) openFlags() uint32 {
 	return flags
 }
 
-// handle is an open file. A handle opened on a lower file, or on the data
-// below a metadata-only copy, moves to the upper copy on its next read once
-// the data has been copied up, so it sees what was written after the
-// copy-up. A handle whose file a commit froze into a lower copies it up
-// again on its next write, so the committed layer never changes. The
-// attributes of a handle on the data below a metadata-only copy are the
-// copy's.
+// handle is an open file. A handle follows its name's data: opened on a
+// lower file, or on the data below a metadata-only copy, it moves on its
+// next read to the copy the data was copied up to, so it sees what was
+// written after the copy-up, also when a commit has frozen that copy into
+// a lower since. A handle whose file a commit froze into a lower copies
+// it up again on its next write, so the committed layer never changes.
+// The attributes of a handle on the data below a metadata-only copy are
+// the copy's.
 type handle struct {
 	n *Node
 	// flags are the open flags, to open the file again after a copy-up.
 	flags int
 
-	// mu protects fd, upper and gen.
+	// mu protects the fields below it.
 	mu sync.Mutex
 	fd int
+	// src, at srcRel, is the object whose data fd holds.
+	src    *cow.Object
+	srcRel string
 	// upper is set when fd is in the upper of commit generation gen.
 	upper bool
 	gen   uint64
@@ -75,9 +81,10 @@ type handle struct {
 	pt, other bool
 }
 
-func newHandle(n *Node, fd int, flags uint32, upper bool) *handle {
+// newHandle returns a handle on fd, which holds the data of src at rel.
+func newHandle(n *Node, fd int, flags uint32, src *cow.Object, rel string) *handle {
 	reopen := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_TMPFILE | unix.O_DIRECT)
-	return &handle{n: n, fd: fd, flags: reopen, upper: upper, gen: n.st.Generation()}
+	return &handle{n: n, fd: fd, flags: reopen, src: src, srcRel: rel, upper: src.DataUpper(), gen: n.st.Generation()}
 }
 
 // inUpperNow reports whether fd is in the current upper.
@@ -94,18 +101,22 @@ func (h *handle) inUpper() bool { return h.upper && h.gen == h.n.st.Generation()
 func (h *handle) current() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.inUpper() || !h.n.copiedUp() {
+	if h.inUpper() || !h.n.movedFrom(h.src) {
 		return h.fd
 	}
 	rel, o, e := h.n.object()
-	if e != 0 || !o.DataUpper() {
+	if e != 0 {
+		return h.fd
+	}
+	if o.SameData(rel, h.src, h.srcRel) {
+		h.src, h.srcRel = o, rel
 		return h.fd
 	}
 	fd, _, err := h.n.st.Open(o, rel, h.flags)
 	if err != nil {
 		return h.fd
 	}
-	h.swap(fd)
+	h.swap(fd, o, rel)
 	return fd
 }
 
@@ -132,7 +143,8 @@ func (h *handle) writable() (int, error) {
 		if err != nil {
 			return -1, err
 		}
-		h.swap(fd)
+		h.swap(fd, h.src, h.srcRel)
+		h.upper = true // an unnamed file in the upper's filesystem
 		return fd, nil
 	}
 	if e != 0 {
@@ -147,15 +159,16 @@ func (h *handle) writable() (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	h.swap(fd)
+	h.swap(fd, c, rel)
 	return fd, nil
 }
 
-// swap makes fd, in the current upper, the handle's descriptor; h.mu is
-// held.
-func (h *handle) swap(fd int) {
+// swap makes fd, which holds the data of o at rel, the handle's
+// descriptor; h.mu is held.
+func (h *handle) swap(fd int, o *cow.Object, rel string) {
 	unix.Close(h.fd)
-	h.fd, h.upper, h.gen = fd, true, h.n.st.Generation()
+	h.fd, h.src, h.srcRel = fd, o, rel
+	h.upper, h.gen = o.DataUpper(), h.n.st.Generation()
 }
 
 var _ = (fusefs.FileReader)((*handle)(nil))

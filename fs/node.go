@@ -165,12 +165,12 @@ func (n *Node) setObject(o *cow.Object) {
 	n.mu.Unlock()
 }
 
-// copiedUp reports whether n's data is in the upper now, or may be (a
-// stale object is looked up again by object).
-func (n *Node) copiedUp() bool {
+// movedFrom reports whether n's object may no longer be o: a copy-up,
+// a rename or a lookup replaced it, or it is stale.
+func (n *Node) movedFrom(o *cow.Object) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.stale || n.obj.DataUpper()
+	return n.stale || n.obj != o
 }
 
 // invalidate marks n stale.

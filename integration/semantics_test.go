@@ -5,6 +5,7 @@ import (
 	binenc "encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -209,6 +210,58 @@ func TestLowerNeverWrittenThroughROFd(t *testing.T) {
 	if got := semRead(filepath.Join(upper, "map.txt")); got != want {
 		t.Errorf("upper map.txt is wrong (%d bytes, want %d)", len(got), len(want))
 	}
+	checkLowersUnchanged(t, before)
+}
+
+// TestReadOnlyHandleFollowsCopyUpAcrossCommit checks that a read-only
+// descriptor follows its file's data through a copy-up made by another
+// descriptor also when a commit froze the copy before the next read, and
+// through the copy-up again of a file a commit froze.
+func TestReadOnlyHandleFollowsCopyUpAcrossCommit(t *testing.T) {
+	lowers, upper, mnt := semStack(t, 1)
+	semWrite(t, filepath.Join(lowers[0], "low"), "lower\n", 0o644)
+	before := map[string]map[string]string{lowers[0]: lowerState(t, lowers[0])}
+	semMount(t, lowers, upper, mnt)
+	if err := os.WriteFile(filepath.Join(mnt, "up"), []byte("upper\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ro := map[string]*os.File{}
+	buf := make([]byte, 64)
+	for _, name := range []string{"low", "up"} {
+		f, err := os.Open(filepath.Join(mnt, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.ReadAt(buf, 0); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+		ro[name] = f
+	}
+	rewrite := func(name, data string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(mnt, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(when, name, want string) {
+		t.Helper()
+		n, err := ro[name].ReadAt(buf, 0)
+		if err != nil && err != io.EOF {
+			t.Fatalf("%s: read %s: %v", when, name, err)
+		}
+		if string(buf[:n]) != want {
+			t.Errorf("%s: the read-only descriptor of %s reads %q, want %q", when, name, buf[:n], want)
+		}
+	}
+	rewrite("low", "copied up\n")
+	commitMount(t, nil, mnt)
+	check("copy-up, then commit", "low", "copied up\n")
+	rewrite("up", "after the commit\n")
+	check("commit, then copy-up again", "up", "after the commit\n")
+	commitMount(t, nil, mnt)
+	rewrite("low", "third\n")
+	check("commit, then copy-up again", "low", "third\n")
 	checkLowersUnchanged(t, before)
 }
 
