@@ -20,6 +20,11 @@ func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrO
 	if h, ok := asHandle(f); ok {
 		return h.getattr(out)
 	}
+	return n.getattr(out)
+}
+
+// getattr fills out with the attributes of n's object.
+func (n *Node) getattr(out *fuse.AttrOut) syscall.Errno {
 	rel, o, e := n.object()
 	if e != 0 {
 		return e

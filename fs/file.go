@@ -21,6 +21,11 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 	if e != 0 {
 		return nil, 0, e
 	}
+	if n.keep && flags&(syscall.O_ACCMODE|syscall.O_TRUNC) == syscall.O_RDONLY && !o.DataUpper() {
+		if h, err := n.opened(ctx, newHandle(n, -1, flags, o, rel), flags, false, false); err == nil {
+			return h, n.openFlags(), 0
+		}
+	}
 	fd, c, err := n.st.Open(o, rel, int(flags))
 	if err != nil {
 		return nil, 0, errno(err)
@@ -61,6 +66,14 @@ func (n *Node) openFlags() uint32 {
 // it up again on its next write, so the committed layer never changes.
 // The attributes of a handle on the data below a metadata-only copy are
 // the copy's.
+//
+// A read-only handle on a lower file opens it at its first use. A warm
+// read is answered from the page cache and a stat from the name, so most
+// such handles never need a descriptor: the open and close they save are
+// two of the nine system calls the daemon makes for each file of a warm
+// grep -r. Lowers are immutable while mounted, so the file opened later
+// is the one the opener named. With caching off (timeout=0) they may
+// change, and a handle opens at once.
 type handle struct {
 	n *Node
 	// flags are the open flags, to open the file again after a copy-up.
@@ -68,8 +81,11 @@ type handle struct {
 
 	// mu protects the fields below it.
 	mu sync.Mutex
+	// fd is -1 before the first use of a handle opened at first use,
+	// and after Release.
 	fd int
-	// src, at srcRel, is the object whose data fd holds.
+	// src, at srcRel, is the object whose data fd holds; nil after
+	// Release.
 	src    *cow.Object
 	srcRel string
 	// upper is set when fd is in the upper of commit generation gen.
@@ -98,26 +114,43 @@ func (h *handle) inUpperNow() bool {
 func (h *handle) inUpper() bool { return h.upper && h.gen == h.n.st.Generation() }
 
 // current returns the descriptor to read from.
-func (h *handle) current() int {
+func (h *handle) current() (int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.fd < 0 {
+		if h.src == nil {
+			return -1, syscall.EBADF
+		}
+		fd, _, err := h.n.st.Open(h.src, h.srcRel, h.flags)
+		if err != nil {
+			return -1, err
+		}
+		h.fd = fd
+	}
 	if h.inUpper() || !h.n.movedFrom(h.src) {
-		return h.fd
+		return h.fd, nil
 	}
 	rel, o, e := h.n.object()
 	if e != 0 {
-		return h.fd
+		return h.fd, nil
 	}
 	if o.SameData(rel, h.src, h.srcRel) {
 		h.src, h.srcRel = o, rel
-		return h.fd
+		return h.fd, nil
 	}
 	fd, _, err := h.n.st.Open(o, rel, h.flags)
 	if err != nil {
-		return h.fd
+		return h.fd, nil
 	}
 	h.swap(fd, o, rel)
-	return fd
+	return fd, nil
+}
+
+// hasFd reports whether h has a descriptor.
+func (h *handle) hasFd() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fd >= 0
 }
 
 // writable returns a descriptor in the current upper to write to, copying
@@ -176,7 +209,11 @@ var _ = (fusefs.FileReader)((*handle)(nil))
 // Read implements fusefs.FileReader.
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	defer h.n.hold()()
-	n, err := unix.Pread(h.current(), dest, off)
+	fd, err := h.current()
+	if err != nil {
+		return nil, errno(err)
+	}
+	n, err := unix.Pread(fd, dest, off)
 	if err != nil {
 		return nil, errno(err)
 	}
@@ -213,6 +250,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 		unix.Close(h.fd)
 		h.fd = -1
 	}
+	h.src = nil
 	return 0
 }
 
@@ -230,7 +268,10 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 		return 0
 	}
 	defer h.n.hold()()
-	fd := h.current()
+	fd, err := h.current()
+	if err != nil {
+		return errno(err)
+	}
 	if flags&1 != 0 { // FUSE_FSYNC_FDATASYNC
 		return errno(unix.Fdatasync(fd))
 	}
@@ -246,8 +287,16 @@ func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 }
 
 func (h *handle) getattr(out *fuse.AttrOut) syscall.Errno {
+	if !h.hasFd() && h.n.getattr(out) == 0 {
+		// Not opened yet: the attributes are the name's, unless it
+		// is gone (then the file's, as for any open file).
+		return 0
+	}
 	var st unix.Stat_t
-	fd := h.current()
+	fd, err := h.current()
+	if err != nil {
+		return errno(err)
+	}
 	rel, o, e := h.n.object()
 	if e == 0 && o.Metacopy() && !h.inUpperNow() {
 		// fd is the data below; the attributes are the upper's.
@@ -285,7 +334,11 @@ var _ = (fusefs.FileLseeker)((*handle)(nil))
 // Lseek implements fusefs.FileLseeker.
 func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
 	defer h.n.hold()()
-	n, err := unix.Seek(h.current(), int64(off), int(whence))
+	fd, err := h.current()
+	if err != nil {
+		return 0, errno(err)
+	}
+	n, err := unix.Seek(fd, int64(off), int(whence))
 	if err != nil {
 		return 0, errno(err)
 	}
@@ -302,12 +355,16 @@ func (n *Node) CopyFileRange(ctx context.Context, fhIn fusefs.FileHandle, offIn 
 	if !ok1 || !ok2 {
 		return 0, syscall.EBADF
 	}
+	rfd, err := in.current()
+	if err != nil {
+		return 0, errno(err)
+	}
 	wfd, err := o.writable()
 	if err != nil {
 		return 0, errno(err)
 	}
 	roff, woff := int64(offIn), int64(offOut)
-	c, err := unix.CopyFileRange(in.current(), &roff, wfd, &woff, int(length), int(flags))
+	c, err := unix.CopyFileRange(rfd, &roff, wfd, &woff, int(length), int(flags))
 	if err != nil {
 		return 0, errno(err)
 	}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"syscall"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -77,6 +78,9 @@ func asHandle(f fusefs.FileHandle) (*handle, bool) {
 	return nil, false
 }
 
+// errNotOpened: the handle must be opened before it is counted.
+var errNotOpened = errors.New("handle not opened yet")
+
 // opened counts a handle about to be returned for an open with flags
 // (fresh: the file was just created by the opener), and returns it as a
 // passthrough handle when it is to be one.
@@ -89,6 +93,9 @@ func (n *Node) opened(ctx context.Context, h *handle, flags uint32, dataUpper, f
 	defer n.mu.Unlock()
 	pt := false
 	switch {
+	case n.open.pt > 0 && fd < 0:
+		// A handle not opened yet (file.go) cannot join them.
+		return nil, errNotOpened
 	case n.open.pt > 0:
 		pt = true
 		if other {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -1141,5 +1142,122 @@ func TestXattrsOfLowerObjectsFollowChanges(t *testing.T) {
 	}
 	if got := get("moved", "user.new"); got != "bare" {
 		t.Errorf("moved user.new: %q", got)
+	}
+}
+
+// TestLowerHandleOpenedAtFirstUse checks that a read-only open of a lower
+// file costs the daemon no descriptor until the handle is first used,
+// and that such a handle behaves as one opened at once: fstat through it
+// matches stat of the name; it reads what a copy-up wrote after the open,
+// the file as it was after its name was removed or renamed, and the file
+// after a commit. With -o timeout=0 (lowers that may change) the daemon
+// opens at once.
+func TestLowerHandleOpenedAtFirstUse(t *testing.T) {
+	lowers, upper, mnt := semStack(t, 1)
+	l := lowers[0]
+	names := []string{"a", "b", "c", "d", "e"}
+	for _, n := range names {
+		semWrite(t, filepath.Join(l, n), "lower "+n+"\n", 0o644)
+	}
+	before := map[string]map[string]string{l: lowerState(t, l)}
+	semMount(t, lowers, upper, mnt)
+	held := lowerFdsHeld(t, mnt, l)
+	files := map[string]*os.File{}
+	for _, n := range names {
+		f, err := os.Open(filepath.Join(mnt, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		files[n] = f
+	}
+	if n := held(); n != 0 {
+		t.Errorf("the daemon holds %d descriptors of lower files opened but not yet read, want 0", n)
+	}
+
+	var fst, st unix.Stat_t
+	if err := unix.Fstat(int(files["a"].Fd()), &fst); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(filepath.Join(mnt, "a"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if fst.Ino != st.Ino || fst.Size != st.Size || fst.Mode != st.Mode || fst.Nlink != st.Nlink {
+		t.Errorf("fstat of a not yet read: ino %d size %d mode %o nlink %d; stat of its name: ino %d size %d mode %o nlink %d",
+			fst.Ino, fst.Size, fst.Mode, fst.Nlink, st.Ino, st.Size, st.Mode, st.Nlink)
+	}
+	readAll := func(n string) string {
+		t.Helper()
+		buf := make([]byte, 64)
+		k, err := files[n].ReadAt(buf, 0)
+		if err != nil && err != io.EOF {
+			return "error: " + err.Error()
+		}
+		return string(buf[:k])
+	}
+	if got := readAll("a"); got != "lower a\n" {
+		t.Errorf("a reads %q, want %q", got, "lower a\n")
+	}
+	if n := held(); n != 1 {
+		t.Errorf("after the first read of a, the daemon holds %d descriptors of lower files, want 1", n)
+	}
+
+	if err := os.WriteFile(filepath.Join(mnt, "b"), []byte("upper b\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "c")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(mnt, "d"), filepath.Join(mnt, "d2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fstat(int(files["c"].Fd()), &fst); err != nil || fst.Size != int64(len("lower c\n")) {
+		t.Errorf("fstat of c after its name was removed: size %d, %v; want size %d", fst.Size, err, len("lower c\n"))
+	}
+	commitMount(t, nil, mnt)
+	for n, want := range map[string]string{"b": "upper b\n", "c": "lower c\n", "d": "lower d\n", "e": "lower e\n"} {
+		if got := readAll(n); got != want {
+			t.Errorf("%s, opened read-only before the changes, reads %q, want %q", n, got, want)
+		}
+	}
+	checkLowersUnchanged(t, before)
+
+	// With timeout=0 a layer may change behind the mount: open at once.
+	lowers2, upper2, mnt2 := semStack(t, 1)
+	semWrite(t, filepath.Join(lowers2[0], "f"), "f\n", 0o644)
+	mountUnion(t, "-o", "timeout=0", lowers2[0], upper2, mnt2)
+	held2 := lowerFdsHeld(t, mnt2, lowers2[0])
+	f, err := os.Open(filepath.Join(mnt2, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if n := held2(); n != 1 {
+		t.Errorf("with timeout=0, the daemon holds %d descriptors of a lower file just opened, want 1", n)
+	}
+}
+
+// lowerFdsHeld returns a function that counts the descriptors the daemon
+// serving mnt has open on files in the directory lower.
+func lowerFdsHeld(t *testing.T, mnt, lower string) func() int {
+	t.Helper()
+	pids := daemons(t, binary, mnt)
+	if len(pids) != 1 {
+		t.Fatalf("%d daemons serve %s, want 1", len(pids), mnt)
+	}
+	dir := filepath.Join("/proc", strconv.Itoa(pids[0]), "fd")
+	return func() int {
+		t.Helper()
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range entries {
+			if target, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(target, lower+"/") {
+				n++
+			}
+		}
+		return n
 	}
 }
