@@ -29,8 +29,10 @@
 // mount, and the kernel updates its own caches as it makes it. Names,
 // attributes and failed lookups are cached for Cache.Timeout, directory
 // listings (FOPEN_CACHE_DIR) and file pages (FOPEN_KEEP_CACHE) across
-// opens; closes send no FLUSH. The daemon removes privileges on write
-// itself (HANDLE_KILLPRIV_V2, killpriv.go). Where the daemon changes what
+// opens; closes send no FLUSH. A read-only handle on a lower file opens
+// the file at its first read, which a warm read never makes (file.go).
+// The daemon removes privileges on write itself (HANDLE_KILLPRIV_V2,
+// killpriv.go). Where the daemon changes what
 // the kernel cannot see (a directory rename copying up a tree, an unlink
 // that re-indexes a hard link), it marks its own nodes stale; the merged
 // view the kernel caches does not change there.
