@@ -32,10 +32,10 @@
 // opens; closes send no FLUSH. A read-only handle on a lower file opens
 // the file at its first read, which a warm read never makes (file.go).
 // The daemon removes privileges on write itself (HANDLE_KILLPRIV_V2,
-// killpriv.go). Where the daemon changes what
-// the kernel cannot see (a directory rename copying up a tree, an unlink
-// that re-indexes a hard link), it marks its own nodes stale; the merged
-// view the kernel caches does not change there.
+// killpriv.go). Where the daemon changes what the kernel cannot see (a
+// directory rename copying up a tree, an unlink that re-indexes a hard
+// link), it marks its own nodes stale; the merged view the kernel caches
+// does not change there.
 //
 // Requests are large: writes of up to 1 MiB travel in one WRITE, and, as
 // root, the mount reads ahead up to 1 MiB (its backing device's
