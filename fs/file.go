@@ -22,6 +22,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint3
 		return nil, 0, e
 	}
 	if n.keep && flags&(syscall.O_ACCMODE|syscall.O_TRUNC) == syscall.O_RDONLY && !o.DataUpper() {
+		// The data is in a lower: open it at first use.
 		if h, err := n.opened(ctx, newHandle(n, -1, flags, o, rel), flags, false, false); err == nil {
 			return h, n.openFlags(), 0
 		}
@@ -355,11 +356,11 @@ func (n *Node) CopyFileRange(ctx context.Context, fhIn fusefs.FileHandle, offIn 
 	if !ok1 || !ok2 {
 		return 0, syscall.EBADF
 	}
-	rfd, err := in.current()
+	wfd, err := o.writable()
 	if err != nil {
 		return 0, errno(err)
 	}
-	wfd, err := o.writable()
+	rfd, err := in.current() // after a copy-up by writable, the copy
 	if err != nil {
 		return 0, errno(err)
 	}
