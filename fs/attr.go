@@ -128,7 +128,8 @@ var _ = (fusefs.NodeGetxattrer)((*Node)(nil))
 
 // Getxattr implements fusefs.NodeGetxattrer.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	// Answers from memory below skip hold, and its yield.
+	// Answers from memory below need no hold, but every request
+	// passes the yield (sched.go); it is done here, once.
 	n.reg.yield.maybe()
 	if attr == "security.capability" && n.noPrivs.Load() {
 		// The kernel asks before writes and chowns; a file known to
@@ -138,7 +139,7 @@ func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if n.xattrs.Load() == xattrsNone {
 		return 0, syscall.ENODATA
 	}
-	defer n.hold()()
+	defer n.st.Hold()()
 	rel, o, e := n.object()
 	if e != 0 {
 		return 0, e
