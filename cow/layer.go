@@ -5,6 +5,7 @@ import (
 	"os"
 	"path"
 	"strconv"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,6 +26,10 @@ type Layer struct {
 	// committed marks a lower that was an upper (commit.go): it may hold
 	// inode numbers recorded at copy-up.
 	committed bool
+	// changes counts the changes to an upper's namespace (see in), so
+	// that what a lookup saw there can be remembered until the next one
+	// (Stack.upperDirAbsent).
+	changes atomic.Uint64
 }
 
 func openLayer(dir string, upper bool) (*Layer, error) {
@@ -120,6 +125,12 @@ func (l *Layer) open(rel string, flags int, mode uint32) (int, error) {
 // cannot act outside the layer. Every change to a layer goes through in or
 // open.
 func (l *Layer) in(rel string, fn func(dirfd int, name string) error) error {
+	if l.upper {
+		// Counted once the change is made: a lookup that read the
+		// count before it and did not see the change sees the count
+		// move.
+		defer l.changes.Add(1)
+	}
 	dir, name := split(rel)
 	if dir == "" {
 		return fn(l.fd, at(name))

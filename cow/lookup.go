@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +31,20 @@ type Object struct {
 	meta    bool
 	data    *Layer
 	dataRel string
+	// noUpper, for a directory of a lower, remembers that the upper had
+	// no directory at its path (Stack.upperDirAbsent).
+	noUpper *upperAbsence
+}
+
+// upperAbsence is the upper, and its count of changes, when it was seen to
+// have no directory at a lower directory's path.
+type upperAbsence struct {
+	seen atomic.Pointer[upperCount]
+}
+
+type upperCount struct {
+	l       *Layer
+	changes uint64
 }
 
 // Metacopy reports whether o is a metadata-only copy: its layer holds its
@@ -90,17 +105,47 @@ func (s *Stack) Root() (*Object, error) {
 	return o, nil
 }
 
-// searchLayers returns the layers to search for the children of dir: the
-// upper, then dir's lowers.
-func (s *Stack) searchLayers(dir *Object) []*Layer {
+// searchLayers returns the layers to search for the children of dir, at
+// rel: the upper, then dir's lowers.
+func (s *Stack) searchLayers(dir *Object, rel string) []*Layer {
 	ls := make([]*Layer, 0, len(dir.Lowers)+2)
-	if s.upper != nil && dir.Layer != s.upper {
-		// dir has no upper directory yet; a child may appear there
-		// once it has.
+	if s.upper != nil && dir.Layer != s.upper && !s.upperDirAbsent(dir, rel) {
+		// dir was not in the upper when it was looked up, but a
+		// copy-up of a child may have made it there since.
 		ls = append(ls, s.upper)
 	}
 	ls = append(ls, dir.Layer)
 	return append(ls, dir.Lowers...)
+}
+
+// upperDirAbsent reports whether the upper has no directory at rel, the
+// path of dir, which is not in the upper: then none of dir's children are
+// there either, nor markers hiding them. A cold find of a tree that is
+// all in lowers looks once per directory instead of twice per entry
+// (the entry and its ".wh." marker). With Config.Exclusive the answer is
+// remembered in dir until the upper's namespace next changes.
+func (s *Stack) upperDirAbsent(dir *Object, rel string) bool {
+	u := s.upper
+	n := u.changes.Load()
+	m := dir.noUpper
+	if m != nil {
+		if c := m.seen.Load(); c != nil && c.l == u && c.changes == n {
+			return true
+		}
+	}
+	st, err := u.lstat(rel)
+	switch {
+	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return false
+	case err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR):
+		return false // the lookups in the upper report it
+	}
+	// Nothing, or not a directory: a child's path in the upper does
+	// not resolve (or would leave the layer through a symlink).
+	if m != nil && s.cfg.Exclusive {
+		m.seen.Store(&upperCount{l: u, changes: n})
+	}
+	return true
 }
 
 // Lookup finds name in the merged directory dir at path dirRel. It returns
@@ -119,7 +164,7 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 	}
 	rel := join(dirRel, name)
 	var o *Object
-	for _, l := range s.searchLayers(dir) {
+	for _, l := range s.searchLayers(dir, dirRel) {
 		st, err := l.lstat(rel)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			if l.hasMarker(dirRel, name) {
@@ -164,6 +209,9 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 	}
 	if o == nil {
 		return nil, top, &os.PathError{Op: "lookup", Path: rel, Err: unix.ENOENT}
+	}
+	if o.IsDir() && !o.Layer.upper {
+		o.noUpper = &upperAbsence{}
 	}
 	s.FixStat(o, &top)
 	return o, top, nil

@@ -353,3 +353,97 @@ func TestReaddirInoAfterCopyUp(t *testing.T) {
 		t.Errorf("got %d entries, want %d", len(ents), len(names))
 	}
 }
+
+// TestStaleDirSeesUpperChanges looks up children through a directory object
+// found while the upper had no directory at its path, as a FUSE node keeps
+// one: every change made through the stack must show through it, whether
+// or not the stack remembers that absence (Config.Exclusive). Only a change
+// made behind the stack's back goes unseen, and only when it may remember.
+func TestStaleDirSeesUpperChanges(t *testing.T) {
+	requireRoot(t) // whiteouts are character devices
+	for _, exclusive := range []bool{true, false} {
+		t.Run(map[bool]string{true: "exclusive", false: "shared"}[exclusive], func(t *testing.T) {
+			ts := buildLayers(t, nil, [][]entry{{file("d/a", "la"), file("d/b", "lb"), file("d/e/x", "lx"), file("f/z", "lz")}})
+			ts.cfg = Config{Lowers: ts.lowers, Upper: ts.upper, Work: ts.work, Exclusive: exclusive}
+			ts.open(t)
+			d := ts.mustLookup(t, "d")
+			list := func() string {
+				t.Helper()
+				ents, err := ts.Readdir(d, "d")
+				if err != nil {
+					t.Fatal(err)
+				}
+				var names []string
+				for _, e := range ents {
+					names = append(names, e.Name)
+				}
+				sort.Strings(names)
+				return strings.Join(names, " ")
+			}
+			expect := func(step, name, want, wantList string) {
+				t.Helper()
+				if got := describeChild(t, ts, d, "d", name); got != want {
+					t.Errorf("%s: d/%s through the old object is %q, want %q", step, name, got, want)
+				}
+				if got := list(); got != wantList {
+					t.Errorf("%s: listing through the old object is %q, want %q", step, got, wantList)
+				}
+			}
+			expect("before", "a", "file la", "a b e")
+			if _, err := os.Stat(filepath.Join(ts.upper, "d")); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("upper/d exists before any change: %v", err)
+			}
+
+			ts.create(t, "d/new", "n", Owner{}) // copies d up
+			expect("create", "new", "file n", "a b e new")
+			ts.unlink(t, "d/a") // a whiteout
+			expect("unlink", "a", "", "b e new")
+
+			// A commit leaves a fresh upper without d; the object found
+			// before it still sees what the commit froze, then what
+			// changes next.
+			if _, err := ts.Commit(nil); err != nil {
+				t.Fatal(err)
+			}
+			d = ts.mustLookup(t, "d")
+			expect("commit", "new", "file n", "b e new")
+			ts.mkdir(t, "d/e/sub") // copies d and d/e up
+			expect("mkdir below", "e", "dir", "b e new")
+			ts.unlink(t, "d/b")
+			expect("unlink after commit", "b", "", "e new")
+
+			// Behind the stack's back, in a directory the upper lacks:
+			// seen at once when the stack may not remember, else once
+			// the stack next changes the upper.
+			f := ts.mustLookup(t, "f")
+			if _, err := ts.Lookup(f, "f", "z"); err != nil {
+				t.Fatal(err)
+			}
+			buildTree(t, ts.upper, []entry{file("f/ext", "ext")})
+			want := map[bool]string{true: "", false: "file ext"}[exclusive]
+			if got := describeChild(t, ts, f, "f", "ext"); got != want {
+				t.Errorf("f/ext made behind the stack's back: got %q, want %q", got, want)
+			}
+			ts.create(t, "other", "o", Owner{})
+			if got := describeChild(t, ts, f, "f", "ext"); got != "file ext" {
+				t.Errorf("f/ext after a change through the stack: got %q, want %q", got, "file ext")
+			}
+		})
+	}
+}
+
+// describeChild is describeMerged of name, looked up in dir at dirRel.
+func describeChild(t *testing.T, ts *testStack, dir *Object, dirRel, name string) string {
+	t.Helper()
+	o, err := ts.Lookup(dir, dirRel, name)
+	if errors.Is(err, unix.ENOENT) {
+		return ""
+	}
+	if err != nil {
+		t.Fatalf("lookup %s: %v", join(dirRel, name), err)
+	}
+	if o.IsDir() {
+		return "dir"
+	}
+	return "file " + ts.read(t, join(dirRel, name))
+}

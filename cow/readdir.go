@@ -27,7 +27,7 @@ func (s *Stack) Readdir(dir *Object, rel string) ([]DirEntry, error) {
 func (s *Stack) readdir(dir *Object, rel string, flags int) ([]DirEntry, error) {
 	var out []DirEntry
 	seen := map[string]bool{}
-	for _, l := range s.searchLayers(dir) {
+	for _, l := range s.searchLayers(dir, rel) {
 		ents, err := readDirents(l, rel, flags)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			continue // no upper directory yet

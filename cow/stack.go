@@ -37,6 +37,11 @@ type Config struct {
 	// Volatile skips every fsync, for throwaway uppers, as the kernel's
 	// "volatile" option does (see volatile.go).
 	Volatile bool
+	// Exclusive promises that nothing but this stack changes the upper
+	// while it is open, so that the stack may remember which
+	// directories the upper lacks (Stack.upperDirAbsent). Without it,
+	// every lookup looks.
+	Exclusive bool
 }
 
 // Stack is an opened set of layers.

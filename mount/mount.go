@@ -67,6 +67,9 @@ func mountStack(o *Options) (*Union, error) {
 		UserXattr: o.UserXattr,
 		Volatile:  o.Volatile,
 		Metacopy:  !o.NoMetacopy,
+		// With timeout=0 the layers may change behind the union's
+		// back; otherwise only the union changes its upper.
+		Exclusive: o.Cache.Timeout > 0,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open layers: %w", err)
