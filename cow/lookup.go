@@ -164,10 +164,14 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 	}
 	rel := join(dirRel, name)
 	var o *Object
-	for _, l := range s.searchLayers(dir, dirRel) {
+	layers := s.searchLayers(dir, dirRel)
+	for i, l := range layers {
+		// Whether l hides rel in the layers below (a marker, an opaque
+		// directory) matters only when there are some.
+		last := i == len(layers)-1
 		st, err := l.lstat(rel)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-			if l.hasMarker(dirRel, name) {
+			if last || l.hasMarker(dirRel, name) {
 				break
 			}
 			continue
@@ -198,6 +202,9 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 				break
 			}
 			o.Lowers = append(o.Lowers, l)
+		}
+		if last {
+			break
 		}
 		opaque, err := l.isOpaque(rel)
 		if err != nil {
