@@ -29,6 +29,9 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 	semWrite(t, filepath.Join(l, "h"), "lower h\n", 0o644)
 	semWrite(t, filepath.Join(l, "d", "in"), "in d\n", 0o644)
 	semWrite(t, filepath.Join(l, "e", "old"), "old\n", 0o644)
+	semWrite(t, filepath.Join(l, "n", "sub", "f"), "lower n/sub/f\n", 0o644)
+	semWrite(t, filepath.Join(l, "n", "g"), "lower n/g\n", 0o644)
+	semWrite(t, filepath.Join(l, "n", "h"), "lower n/h\n", 0o644)
 	args := []string{l, upper, mnt}
 	if opt != "" {
 		args = append([]string{"-o", opt}, args...)
@@ -45,7 +48,7 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 		t.Fatal(err)
 	}
 	want("read new", read("new"), "new\n")
-	want("list /", list(""), "d e f g h new")
+	want("list /", list(""), "d e f g h n new")
 	// Write into a lower file (copy-up) whose pages are cached.
 	fh, err := os.OpenFile(m("f"), os.O_WRONLY, 0)
 	if err != nil {
@@ -70,7 +73,7 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 	if err := os.Rename(m("h"), m("gone")); err != nil {
 		t.Fatal(err)
 	}
-	want("list / after rename", list(""), "d e f g gone")
+	want("list / after rename", list(""), "d e f g gone n")
 	want("read renamed", read("gone"), "lower h\n")
 	// A directory removed and made again is empty; a lower directory
 	// renamed keeps its contents under the new name only.
@@ -87,6 +90,25 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 	}
 	want("list e2", list("e2"), "old")
 	want("stat e", mode("e"), "error")
+	// In a directory that only the lower had when it was looked up,
+	// until a copy-up below it made it in the upper: the changes made
+	// there next show at once.
+	fh, err = os.OpenFile(m("n/sub/f"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteAt([]byte("UPPER"), 0)
+	fh.Close()
+	if err := os.Remove(m("n/g")); err != nil {
+		t.Fatal(err)
+	}
+	want("stat n/g after unlink", mode("n/g"), "error")
+	if err := os.Rename(m("n/h"), m("n/h2")); err != nil {
+		t.Fatal(err)
+	}
+	want("list n", list("n"), "h2 sub")
+	want("read n/h2", read("n/h2"), "lower n/h\n")
+	want("read n/sub/f", read("n/sub/f"), "UPPER n/sub/f\n")
 	// A hard link and an xattr.
 	if err := os.Link(m("f"), m("f2")); err != nil {
 		t.Fatal(err)
@@ -116,7 +138,7 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 	for p, v := range before {
 		want("after remount "+p, read(p), v)
 	}
-	want("list / after remount", list(""), "d e2 f f2 g gone")
+	want("list / after remount", list(""), "d e2 f f2 g gone n")
 }
 
 // mountView reads a mount the way the cache tests check it, each read
