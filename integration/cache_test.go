@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
@@ -50,12 +51,18 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 	want("read new", read("new"), "new\n")
 	want("list /", list(""), "d e f g h n new")
 	// Write into a lower file (copy-up) whose pages are cached.
-	fh, err := os.OpenFile(m("f"), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
+	overwrite := func(p string) {
+		t.Helper()
+		fh, err := os.OpenFile(m(p), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = fh.WriteAt([]byte("UPPER"), 0)
+		if err := errors.Join(err, fh.Close()); err != nil {
+			t.Fatal(err)
+		}
 	}
-	fh.WriteAt([]byte("UPPER"), 0)
-	fh.Close()
+	overwrite("f")
 	want("read f", read("f"), "UPPER f\n")
 	// Truncate, chmod, unlink (whiteout), rename.
 	if err := os.Truncate(m("g"), 2); err != nil {
@@ -93,12 +100,7 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 	// In a directory that only the lower had when it was looked up,
 	// until a copy-up below it made it in the upper: the changes made
 	// there next show at once.
-	fh, err = os.OpenFile(m("n/sub/f"), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fh.WriteAt([]byte("UPPER"), 0)
-	fh.Close()
+	overwrite("n/sub/f")
 	if err := os.Remove(m("n/g")); err != nil {
 		t.Fatal(err)
 	}
