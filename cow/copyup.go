@@ -78,7 +78,7 @@ func (s *Stack) CopyUp(o *Object, rel string, data bool) (*Object, error) {
 // upperObject returns o as it is once copied up.
 func (s *Stack) upperObject(o *Object) *Object {
 	c := *o
-	c.Layer, c.noUpper = s.upper, nil
+	c.Layer, c.memo = s.upper, nil
 	if !o.IsDir() {
 		c.Lowers = []*Layer{o.Layer}
 	} else {

@@ -31,20 +31,43 @@ type Object struct {
 	meta    bool
 	data    *Layer
 	dataRel string
-	// noUpper, for a directory of a lower, remembers that the upper had
-	// no directory at its path (Stack.upperDirAbsent).
-	noUpper *upperAbsence
+	// memo, for a directory, is what the stack remembers about it.
+	memo *dirMemo
 }
 
-// upperAbsence is the upper, and its count of changes, when it was seen to
-// have no directory at a lower directory's path.
-type upperAbsence struct {
-	seen atomic.Pointer[upperCount]
+// dirMemo is what a stack remembers about a merged directory, when nothing
+// else changes its layers (Config.Exclusive): whether the upper lacks it
+// (Stack.upperDirAbsent), and which names its lower layers hold, as the
+// last listing found them (Stack.remember).
+type dirMemo struct {
+	noUpper atomic.Pointer[upperCount]
+	names   atomic.Pointer[lowerNames]
 }
 
+// upperCount is the upper, and its count of changes, when it was seen to
+// have no directory at a directory's path.
 type upperCount struct {
 	l       *Layer
 	changes uint64
+}
+
+// lowerNames is what a listing of a directory found in its lower layers,
+// numbered as in dirLayers: bit k of names[n] is set when layer k holds n,
+// of marks[n] when it holds n's marker; listed has bit k set for each
+// layer k the listing read.
+type lowerNames struct {
+	listed uint64
+	names  map[string]uint64
+	marks  map[string]uint64
+}
+
+// knows reports whether the listing read layer k and, if so, whether that
+// layer holds name and whether it holds name's marker.
+func (ln *lowerNames) knows(k int, name string) (known, has, marked bool) {
+	if ln == nil || k < 0 || k >= 64 || ln.listed&(1<<k) == 0 {
+		return false, false, false
+	}
+	return true, ln.names[name]&(1<<k) != 0, ln.marks[name]&(1<<k) != 0
 }
 
 // Metacopy reports whether o is a metadata-only copy: its layer holds its
@@ -102,20 +125,23 @@ func (s *Stack) Root() (*Object, error) {
 			break
 		}
 	}
+	o.memo = &dirMemo{}
 	return o, nil
 }
 
 // searchLayers returns the layers to search for the children of dir, at
-// rel: the upper, then dir's lowers.
-func (s *Stack) searchLayers(dir *Object, rel string) []*Layer {
+// rel: the upper, then dir's layers (dirLayers), which start at the
+// returned offset.
+func (s *Stack) searchLayers(dir *Object, rel string) ([]*Layer, int) {
 	ls := make([]*Layer, 0, len(dir.Lowers)+2)
 	if s.upper != nil && dir.Layer != s.upper && !s.upperDirAbsent(dir, rel) {
 		// dir was not in the upper when it was looked up, but a
 		// copy-up of a child may have made it there since.
 		ls = append(ls, s.upper)
 	}
+	off := len(ls)
 	ls = append(ls, dir.Layer)
-	return append(ls, dir.Lowers...)
+	return append(ls, dir.Lowers...), off
 }
 
 // upperDirAbsent reports whether the upper has no directory at rel, the
@@ -127,9 +153,9 @@ func (s *Stack) searchLayers(dir *Object, rel string) []*Layer {
 func (s *Stack) upperDirAbsent(dir *Object, rel string) bool {
 	u := s.upper
 	n := u.changes.Load()
-	m := dir.noUpper
+	m := dir.memo
 	if m != nil {
-		if c := m.seen.Load(); c != nil && c.l == u && c.changes == n {
+		if c := m.noUpper.Load(); c != nil && c.l == u && c.changes == n {
 			return true
 		}
 	}
@@ -143,7 +169,7 @@ func (s *Stack) upperDirAbsent(dir *Object, rel string) bool {
 	// Nothing, or not a directory: a child's path in the upper does
 	// not resolve (or would leave the layer through a symlink).
 	if m != nil && s.cfg.Exclusive {
-		m.seen.Store(&upperCount{l: u, changes: n})
+		m.noUpper.Store(&upperCount{l: u, changes: n})
 	}
 	return true
 }
@@ -164,14 +190,28 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 	}
 	rel := join(dirRel, name)
 	var o *Object
-	layers := s.searchLayers(dir, dirRel)
+	layers, off := s.searchLayers(dir, dirRel)
+	ln := s.listed(dir)
 	for i, l := range layers {
 		// Whether l hides rel in the layers below (a marker, an opaque
 		// directory) matters only when there are some.
 		last := i == len(layers)-1
+		known, has, marked := ln.knows(i-off, name)
+		hidesBelow := func() bool {
+			if known {
+				return marked
+			}
+			return l.hasMarker(dirRel, name)
+		}
+		if known && !has {
+			if last || marked {
+				break
+			}
+			continue
+		}
 		st, err := l.lstat(rel)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-			if last || l.hasMarker(dirRel, name) {
+			if last || hidesBelow() {
 				break
 			}
 			continue
@@ -210,15 +250,15 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 		if err != nil {
 			return nil, top, err
 		}
-		if opaque || l.hasMarker(dirRel, name) {
+		if opaque || hidesBelow() {
 			break
 		}
 	}
 	if o == nil {
 		return nil, top, &os.PathError{Op: "lookup", Path: rel, Err: unix.ENOENT}
 	}
-	if o.IsDir() && !o.Layer.upper {
-		o.noUpper = &upperAbsence{}
+	if o.IsDir() {
+		o.memo = &dirMemo{}
 	}
 	s.FixStat(o, &top)
 	return o, top, nil

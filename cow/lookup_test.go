@@ -2,6 +2,7 @@ package cow
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -446,4 +447,55 @@ func describeChild(t *testing.T, ts *testStack, dir *Object, dirRel, name string
 		return "dir"
 	}
 	return "file " + ts.read(t, join(dirRel, name))
+}
+
+// TestListingAnswersLookups checks, in every merged directory of every
+// fixture, that a lookup through a directory object that remembers its
+// last listing (Config.Exclusive) finds exactly what a lookup through a
+// fresh object finds, which stats every layer.
+func TestListingAnswersLookups(t *testing.T) {
+	for _, f := range fixtures {
+		t.Run(f.name, func(t *testing.T) {
+			ts := f.stack(t)
+			ts.cfg.Exclusive = true
+			ts.open(t)
+			remembered := 0
+			var walk func(rel string)
+			walk = func(rel string) {
+				listed, fresh := ts.mustLookup(t, rel), ts.mustLookup(t, rel)
+				if _, err := ts.Readdir(listed, rel); err != nil {
+					t.Fatalf("readdir %q: %v", rel, err)
+				}
+				if ts.listed(listed) != nil {
+					remembered++
+				}
+				for name := range layerNames(t, ts, rel) {
+					got, gerr := ts.Lookup(listed, rel, name)
+					want, werr := ts.Lookup(fresh, rel, name)
+					if g, w := describeObject(got, gerr), describeObject(want, werr); g != w {
+						t.Errorf("%s: after a listing %s, fresh %s", join(rel, name), g, w)
+					}
+					if werr == nil && want.IsDir() {
+						walk(join(rel, name))
+					}
+				}
+			}
+			walk("")
+			if f.name == "merge" && remembered == 0 {
+				t.Error("no listing was remembered")
+			}
+		})
+	}
+}
+
+// describeObject describes what a lookup found, for comparisons.
+func describeObject(o *Object, err error) string {
+	if err != nil {
+		return "error " + err.Error()
+	}
+	s := fmt.Sprintf("%s mode %o ino %d lowers", o.Layer, o.Mode, o.Ino)
+	for _, l := range o.Lowers {
+		s += " " + l.String()
+	}
+	return s
 }

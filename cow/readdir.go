@@ -27,7 +27,9 @@ func (s *Stack) Readdir(dir *Object, rel string) ([]DirEntry, error) {
 func (s *Stack) readdir(dir *Object, rel string, flags int) ([]DirEntry, error) {
 	var out []DirEntry
 	seen := map[string]bool{}
-	for _, l := range s.searchLayers(dir, rel) {
+	layers, off := s.searchLayers(dir, rel)
+	ln := s.newListing(dir, layers[off:])
+	for i, l := range layers {
 		ents, err := readDirents(l, rel, flags)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			continue // no upper directory yet
@@ -35,6 +37,7 @@ func (s *Stack) readdir(dir *Object, rel string, flags int) ([]DirEntry, error) 
 		if err != nil {
 			return nil, err
 		}
+		ln.add(i-off, l, ents)
 		// A ".wh." marker hides a name in the layers below only.
 		var hidden []string
 		for _, e := range ents {
@@ -72,7 +75,57 @@ func (s *Stack) readdir(dir *Object, rel string, flags int) ([]DirEntry, error) 
 			seen[h] = true
 		}
 	}
+	if ln != nil {
+		dir.memo.names.Store(ln)
+	}
 	return out, nil
+}
+
+// newListing returns a lowerNames for a listing of dir, whose layers are
+// layers, to fill as it reads them; nil when there is nothing to remember:
+// the stack may not, it already has, or dir has fewer than two lower
+// layers, where a lookup costs one stat of the one with or without it.
+func (s *Stack) newListing(dir *Object, layers []*Layer) *lowerNames {
+	if !s.cfg.Exclusive || dir.memo == nil || dir.memo.names.Load() != nil || len(layers) > 64 {
+		return nil
+	}
+	frozen := 0
+	for _, l := range layers {
+		if !l.upper {
+			frozen++
+		}
+	}
+	if frozen < 2 {
+		return nil
+	}
+	return &lowerNames{names: map[string]uint64{}, marks: map[string]uint64{}}
+}
+
+// add records the entries ents that the listing read in l, layer k of the
+// directory; only lower layers are recorded, since the upper changes.
+func (ln *lowerNames) add(k int, l *Layer, ents []dirent) {
+	if ln == nil || k < 0 || l.upper {
+		return
+	}
+	ln.listed |= 1 << k
+	for _, e := range ents {
+		if target, ok := markerTarget(e.name); ok {
+			if target != "" {
+				ln.marks[target] |= 1 << k
+			}
+			continue
+		}
+		ln.names[e.name] |= 1 << k
+	}
+}
+
+// listed returns what the last listing of dir found in its lower layers,
+// or nil.
+func (s *Stack) listed(dir *Object) *lowerNames {
+	if !s.cfg.Exclusive || dir.memo == nil {
+		return nil
+	}
+	return dir.memo.names.Load()
 }
 
 // IsEmpty reports whether the merged directory dir at rel has no entries.

@@ -158,7 +158,7 @@ func isMerged(dir *Object) bool { return len(dir.Lowers) > 0 || !dir.Layer.upper
 
 func (s *Stack) renamed(o *Object, tree bool) *Object {
 	c := *o
-	c.noUpper = nil
+	c.memo = nil
 	if c.indexName == "" {
 		c.Layer = s.upper
 	}

@@ -37,10 +37,11 @@ type Config struct {
 	// Volatile skips every fsync, for throwaway uppers, as the kernel's
 	// "volatile" option does (see volatile.go).
 	Volatile bool
-	// Exclusive promises that nothing but this stack changes the upper
-	// while it is open, so that the stack may remember which
-	// directories the upper lacks (Stack.upperDirAbsent). Without it,
-	// every lookup looks.
+	// Exclusive promises that nothing but this stack changes the layers
+	// while it is open, so that it may remember what it saw there: which
+	// directories the upper lacks (Stack.upperDirAbsent) and which
+	// names a merged directory's lowers hold (lowerNames). Without it,
+	// every lookup looks at every layer.
 	Exclusive bool
 }
 
