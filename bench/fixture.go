@@ -261,6 +261,85 @@ func (b *bench) prepareFixture() error {
 	return os.WriteFile(b.lay.stamp, []byte(b.stampText()), 0o644)
 }
 
+// deepLowers returns the lowers of the layered stack, top-most first.
+func (b *bench) deepLowers() []string {
+	ls := make([]string, b.cfg.layers)
+	for k := range ls {
+		ls[k] = filepath.Join(b.lay.fx, "deep", fmt.Sprintf("l%d", k))
+	}
+	return ls
+}
+
+// deepFlat is the native floor of the layered stack.
+func (b *bench) deepFlat() string { return filepath.Join(b.lay.fx, "deep", "flat") }
+
+// prepareDeep makes deep/, the layered stack, unless a kept one fits: its
+// bottom lower is a copy of L2's tree, each of the others every
+// directory of the tree with one file of its own, and flat/ all of them in
+// one tree, for the native floor.
+func (b *bench) prepareDeep() error {
+	dir := filepath.Join(b.lay.fx, "deep")
+	stamp := filepath.Join(dir, ".stamp")
+	want := fmt.Sprintf("%slayers=%d\n", b.stampText(), b.cfg.layers)
+	if readFile(stamp) == want {
+		return nil
+	}
+	if err := safeRemoveAll(dir); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	fmt.Fprintf(os.Stderr, "bench: making deep/ (%d lowers) ...", b.cfg.layers)
+	lowers := b.deepLowers()
+	bottom := lowers[len(lowers)-1]
+	if err := os.MkdirAll(bottom, 0o755); err != nil {
+		return err
+	}
+	// Copies, not hard links: a file with several names costs a lookup
+	// of the link index in unionmount, and L2's rows must not change.
+	if err := copyTree(filepath.Join(b.lay.l2, "tree"), filepath.Join(bottom, "tree")); err != nil {
+		return err
+	}
+	var dirs []string
+	err := filepath.WalkDir(bottom, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && p != bottom {
+			dirs = append(dirs, p[len(bottom)+1:])
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for k, l := range lowers[:len(lowers)-1] {
+		for _, d := range dirs {
+			if err := os.MkdirAll(filepath.Join(l, d), 0o755); err != nil {
+				return err
+			}
+			name := filepath.Join(l, d, fmt.Sprintf("layer%d", k))
+			if err := os.WriteFile(name, []byte(fmt.Sprintf("%d\n", k)), 0o644); err != nil {
+				return err
+			}
+		}
+		if err := fixTimes(l); err != nil {
+			return err
+		}
+	}
+	flat := b.deepFlat()
+	if err := os.MkdirAll(flat, 0o755); err != nil {
+		return err
+	}
+	for _, l := range lowers {
+		if err := copyTree(l, flat); err != nil {
+			return err
+		}
+	}
+	if err := errors.Join(fixTimes(bottom), fixTimes(flat)); err != nil {
+		return err
+	}
+	unix.Sync()
+	fmt.Fprintf(os.Stderr, " %.1f s\n", time.Since(t0).Seconds())
+	return os.WriteFile(stamp, []byte(want), 0o644)
+}
+
 // resetFixture undoes what a native sample may have left in flat when a
 // run was interrupted.
 func (b *bench) resetFixture() error {

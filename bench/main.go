@@ -34,6 +34,12 @@
 // directories across layers. tree.tar is the tree, for untar. The native
 // floor is flat/, a plain copy of L1 over L2.
 //
+// The *_layers rows walk a deeper stack instead, as a container image
+// gives: deep/ holds 8 lowers (4 with -quick), the bottom one a copy of
+// L2's tree and each of the others every directory of it with one file
+// of its own, so that every directory is merged across all of them; its
+// native floor is deep/flat.
+//
 // # Systems
 //
 //	native           flat/, no mount; copy-up rows are in-place operations
@@ -125,6 +131,7 @@ type config struct {
 	shadow    string   // the subtree of tree/ that L1 also holds
 	projPkgs  int
 	many      int // entries of many/, the tree for the memory row
+	layers    int // lowers of the layered stack (deep/)
 }
 
 // bench is one run of the benchmark.
@@ -169,10 +176,10 @@ func parseFlags(args []string) (config, error) {
 		return c, fmt.Errorf("unexpected arguments %q", fl.Args())
 	}
 	c.bigSize, c.shadow = 1<<30, "src/net"
-	c.treeDirs, c.projPkgs, c.many = []string{"src", "test"}, 40, 100_000
+	c.treeDirs, c.projPkgs, c.many, c.layers = []string{"src", "test"}, 40, 100_000, 8
 	if c.quick {
 		c.bigSize = 64 << 20
-		c.treeDirs, c.projPkgs, c.many = []string{"src/crypto", "src/go", "src/net"}, 8, 10_000
+		c.treeDirs, c.projPkgs, c.many, c.layers = []string{"src/crypto", "src/go", "src/net"}, 8, 10_000, 4
 		c.rounds = cmpOr(c.rounds, 1)
 		c.randReads = cmpOr(c.randReads, 3000)
 	}
@@ -257,6 +264,11 @@ func (b *bench) main(out io.Writer) error {
 	}
 	if err := b.prepareFixture(); err != nil {
 		return err
+	}
+	if slices.ContainsFunc(ws, func(w *workload) bool { return w.layered }) {
+		if err := b.prepareDeep(); err != nil {
+			return err
+		}
 	}
 	if slices.Contains(b.cfg.systems, sysUnion) {
 		if err := b.buildUnionmount(); err != nil {
@@ -570,7 +582,7 @@ type result struct {
 
 // sample runs workload w once on sys, on a fresh mount.
 func (b *bench) sample(sys string, w *workload) (res result, err error) {
-	m, err := b.mountSystem(sys)
+	m, err := b.mountSystem(sys, w.layered)
 	if err != nil {
 		return res, err
 	}

@@ -30,10 +30,15 @@ type mounted struct {
 }
 
 // mountSystem mounts sys with a fresh upper and work directory under
-// runs/SYSTEM; native uses the flat directory.
-func (b *bench) mountSystem(sys string) (*mounted, error) {
+// runs/SYSTEM, over L1:L2 or, when layered, over the lowers of deep/;
+// native uses the matching flat directory.
+func (b *bench) mountSystem(sys string, layered bool) (*mounted, error) {
+	lowers, flat := b.lay.l1+":"+b.lay.l2, b.lay.flat
+	if layered {
+		lowers, flat = strings.Join(b.deepLowers(), ":"), b.deepFlat()
+	}
 	if sys == sysNative {
-		return &mounted{root: b.lay.flat, undo: func() error { return nil }}, nil
+		return &mounted{root: flat, undo: func() error { return nil }}, nil
 	}
 	dir := filepath.Join(b.lay.runs, sys)
 	if err := safeRemoveAll(dir); err != nil {
@@ -45,7 +50,6 @@ func (b *bench) mountSystem(sys string) (*mounted, error) {
 			return nil, err
 		}
 	}
-	lowers := b.lay.l1 + ":" + b.lay.l2
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lowers, upper, work)
 	m := &mounted{root: merged}
 	var err error

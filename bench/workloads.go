@@ -39,6 +39,8 @@ type workload struct {
 	undo       func(*sample) error
 	// only names the one system the workload applies to ("" for all).
 	only string
+	// layered runs it on the deep/ stack instead of L1:L2.
+	layered bool
 	// self marks a run that returns the measurement itself, in unit,
 	// instead of the amount of work done.
 	self bool
@@ -111,6 +113,16 @@ func (b *bench) workloads() []*workload {
 					return 0, s.shell(s.path("tree"), wk.ok, wk.cmd[0], wk.cmd[1:]...)
 				}})
 		}
+	}
+
+	// The same cold walks over the deep stack, where every directory is
+	// merged across all its lowers.
+	for _, wk := range []int{0, 2} {
+		wk := walks[wk]
+		add(&workload{name: wk.name + "_layers_cold", unit: unitSeconds, cold: true, layered: true,
+			run: func(s *sample) (float64, error) {
+				return 0, s.shell(s.path("tree"), wk.ok, wk.cmd[0], wk.cmd[1:]...)
+			}})
 	}
 
 	untar := func(s *sample) error {
