@@ -203,13 +203,11 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 			}
 			return l.hasMarker(dirRel, name)
 		}
-		if known && !has {
-			if last || marked {
-				break
-			}
-			continue
+		var st unix.Stat_t
+		err := error(unix.ENOENT) // the listing found no rel in l
+		if !known || has {
+			st, err = l.lstat(rel)
 		}
-		st, err := l.lstat(rel)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			if last || hidesBelow() {
 				break
