@@ -38,7 +38,7 @@ type Object struct {
 // dirMemo is what a stack remembers about a merged directory, when nothing
 // else changes its layers (Config.Exclusive): whether the upper lacks it
 // (Stack.upperDirAbsent), and which names its lower layers hold, as the
-// last listing found them (Stack.remember).
+// last listing found them (lowerNames, filled by readdir).
 type dirMemo struct {
 	noUpper atomic.Pointer[upperCount]
 	names   atomic.Pointer[lowerNames]
@@ -125,8 +125,16 @@ func (s *Stack) Root() (*Object, error) {
 			break
 		}
 	}
-	o.memo = &dirMemo{}
+	s.giveMemo(o)
 	return o, nil
+}
+
+// giveMemo gives o, if a directory, a memo, when the stack may remember
+// (Config.Exclusive): a directory without one is looked at every time.
+func (s *Stack) giveMemo(o *Object) {
+	if o.IsDir() && s.cfg.Exclusive {
+		o.memo = &dirMemo{}
+	}
 }
 
 // searchLayers returns the layers to search for the children of dir, at
@@ -148,8 +156,8 @@ func (s *Stack) searchLayers(dir *Object, rel string) ([]*Layer, int) {
 // path of dir, which is not in the upper: then none of dir's children are
 // there either, nor markers hiding them. A cold find of a tree that is
 // all in lowers looks once per directory instead of twice per entry
-// (the entry and its ".wh." marker). With Config.Exclusive the answer is
-// remembered in dir until the upper's namespace next changes.
+// (the entry and its ".wh." marker). The answer is remembered in dir's
+// memo, if it has one, until the upper's namespace next changes.
 func (s *Stack) upperDirAbsent(dir *Object, rel string) bool {
 	u := s.upper
 	n := u.changes.Load()
@@ -168,7 +176,7 @@ func (s *Stack) upperDirAbsent(dir *Object, rel string) bool {
 	}
 	// Nothing, or not a directory: a child's path in the upper does
 	// not resolve (or would leave the layer through a symlink).
-	if m != nil && s.cfg.Exclusive {
+	if m != nil {
 		m.noUpper.Store(&upperCount{l: u, changes: n})
 	}
 	return true
@@ -191,7 +199,7 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 	rel := join(dirRel, name)
 	var o *Object
 	layers, off := s.searchLayers(dir, dirRel)
-	ln := s.listed(dir)
+	ln := dir.listing()
 	for i, l := range layers {
 		// Whether l hides rel in the layers below (a marker, an opaque
 		// directory) matters only when there are some.
@@ -255,9 +263,7 @@ func (s *Stack) LookupStat(dir *Object, dirRel, name string) (*Object, unix.Stat
 	if o == nil {
 		return nil, top, &os.PathError{Op: "lookup", Path: rel, Err: unix.ENOENT}
 	}
-	if o.IsDir() {
-		o.memo = &dirMemo{}
-	}
+	s.giveMemo(o)
 	s.FixStat(o, &top)
 	return o, top, nil
 }

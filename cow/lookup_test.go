@@ -98,6 +98,12 @@ func (f fixture) stack(t *testing.T) *testStack {
 func describeMerged(t *testing.T, ts *testStack, rel string) string {
 	t.Helper()
 	o, err := ts.lookup(rel)
+	return describeFound(t, ts, rel, o, err)
+}
+
+// describeFound is describeMerged of what a lookup of rel returned.
+func describeFound(t *testing.T, ts *testStack, rel string, o *Object, err error) string {
+	t.Helper()
 	if errors.Is(err, unix.ENOENT) {
 		wantErrno(t, err, unix.ENOENT)
 		return ""
@@ -437,16 +443,7 @@ func TestStaleDirSeesUpperChanges(t *testing.T) {
 func describeChild(t *testing.T, ts *testStack, dir *Object, dirRel, name string) string {
 	t.Helper()
 	o, err := ts.Lookup(dir, dirRel, name)
-	if errors.Is(err, unix.ENOENT) {
-		return ""
-	}
-	if err != nil {
-		t.Fatalf("lookup %s: %v", join(dirRel, name), err)
-	}
-	if o.IsDir() {
-		return "dir"
-	}
-	return "file " + ts.read(t, join(dirRel, name))
+	return describeFound(t, ts, join(dirRel, name), o, err)
 }
 
 // TestListingAnswersLookups checks, in every merged directory of every
@@ -466,7 +463,7 @@ func TestListingAnswersLookups(t *testing.T) {
 				if _, err := ts.Readdir(listed, rel); err != nil {
 					t.Fatalf("readdir %q: %v", rel, err)
 				}
-				if ts.listed(listed) != nil {
+				if listed.listing() != nil {
 					remembered++
 				}
 				for name := range layerNames(t, ts, rel) {

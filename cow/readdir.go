@@ -83,10 +83,10 @@ func (s *Stack) readdir(dir *Object, rel string, flags int) ([]DirEntry, error) 
 
 // newListing returns a lowerNames for a listing of dir, whose layers are
 // layers, to fill as it reads them; nil when there is nothing to remember:
-// the stack may not, it already has, or dir has fewer than two lower
+// dir has no memo, it has a listing, or dir has fewer than two lower
 // layers, where a lookup costs one stat of the one with or without it.
 func (s *Stack) newListing(dir *Object, layers []*Layer) *lowerNames {
-	if !s.cfg.Exclusive || dir.memo == nil || dir.memo.names.Load() != nil || len(layers) > 64 {
+	if dir.memo == nil || dir.memo.names.Load() != nil || len(layers) > 64 {
 		return nil
 	}
 	frozen := 0
@@ -119,13 +119,13 @@ func (ln *lowerNames) add(k int, l *Layer, ents []dirent) {
 	}
 }
 
-// listed returns what the last listing of dir found in its lower layers,
-// or nil.
-func (s *Stack) listed(dir *Object) *lowerNames {
-	if !s.cfg.Exclusive || dir.memo == nil {
+// listing returns what the last listing of the directory o found in its
+// lower layers, or nil.
+func (o *Object) listing() *lowerNames {
+	if o.memo == nil {
 		return nil
 	}
-	return dir.memo.names.Load()
+	return o.memo.names.Load()
 }
 
 // IsEmpty reports whether the merged directory dir at rel has no entries.

@@ -68,7 +68,7 @@ func mountStack(o *Options) (*Union, error) {
 		Volatile:  o.Volatile,
 		Metacopy:  !o.NoMetacopy,
 		// With timeout=0 the layers may change behind the union's
-		// back; otherwise only the union changes its upper.
+		// back; otherwise only the union changes them.
 		Exclusive: o.Cache.Timeout > 0,
 	})
 	if err != nil {
