@@ -20,11 +20,11 @@ func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrO
 	if h, ok := asHandle(f); ok {
 		return h.getattr(out)
 	}
-	return n.getattr(out)
+	return n.getattr(&out.Attr)
 }
 
 // getattr fills out with the attributes of n's object.
-func (n *Node) getattr(out *fuse.AttrOut) syscall.Errno {
+func (n *Node) getattr(out *fuse.Attr) syscall.Errno {
 	rel, o, e := n.object()
 	if e != 0 {
 		return e
@@ -33,7 +33,7 @@ func (n *Node) getattr(out *fuse.AttrOut) syscall.Errno {
 	if err != nil {
 		return errno(err)
 	}
-	fillAttr(&out.Attr, &st)
+	fillAttr(out, &st)
 	return 0
 }
 

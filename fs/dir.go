@@ -154,6 +154,35 @@ func (d *dirHandle) load() syscall.Errno {
 	return 0
 }
 
+var _ = (fusefs.FileLookuper)((*dirHandle)(nil))
+
+// Lookup implements fusefs.FileLookuper: the lookup READDIRPLUS makes for
+// each entry it lists.
+//
+// An entry whose node the kernel already has (a program listing a
+// directory it just filled: rm -rf after tar x, ls after a build) is
+// answered from that node, as a GETATTR of it would be: one stat of its
+// object, where a lookup searches the layers again and reads the upper
+// file's inode number from its xattr. When nothing else changes the
+// layers, the daemon keeps its nodes' objects current (each change it
+// makes moves them, and a rename marks the moved tree stale, which the
+// node's object looks up again). rm -rf of the bench's untarred tree
+// (16.6k entries): daemon CPU 1.75-1.80 s against 1.86-1.88 s, wall time
+// 2.16-2.23 s against 2.29-2.32 s.
+func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	if d.n.keep {
+		if ch := d.n.GetChild(name); ch != nil {
+			if c, ok := ch.Operations().(*Node); ok {
+				defer d.n.hold()()
+				if c.getattr(&out.Attr) == 0 {
+					return ch, 0
+				}
+			}
+		}
+	}
+	return d.n.Lookup(ctx, name, out)
+}
+
 var _ = (fusefs.FileSeekdirer)((*dirHandle)(nil))
 
 // Seekdir implements fusefs.FileSeekdirer.

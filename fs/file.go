@@ -288,7 +288,7 @@ func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 }
 
 func (h *handle) getattr(out *fuse.AttrOut) syscall.Errno {
-	if !h.hasFd() && h.n.getattr(out) == 0 {
+	if !h.hasFd() && h.n.getattr(&out.Attr) == 0 {
 		// Not opened yet: the attributes are the name's, unless it
 		// is gone (then the file's, as for any open file).
 		return 0

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -141,6 +142,67 @@ func testCachesFollowChanges(t *testing.T, opt string) {
 		want("after remount "+p, read(p), v)
 	}
 	want("list / after remount", list(""), "d e2 f f2 g gone n")
+}
+
+// TestListingOfKnownEntries checks the listings that answer an entry the
+// kernel already has from its node, as a GETATTR of it would be answered,
+// rather than by a lookup (fs/dir.go, dirHandle.Lookup): after changes of
+// every kind made through the mount, before and after a commit, a walk of
+// the mount (each listing followed by a stat of each entry it lists) shows
+// what a fresh mount of the same layers shows: type, mode, owner, size,
+// link count, inode number, mtime, content and xattrs.
+func TestListingOfKnownEntries(t *testing.T) {
+	lowers, upper, mnt := semStack(t, 2)
+	l0, l1 := lowers[0], lowers[1]
+	semWrite(t, filepath.Join(l1, "d", "bottom"), "bottom\n", 0o644)
+	semWrite(t, filepath.Join(l1, "d", "both"), "l1 both\n", 0o644)
+	semWrite(t, filepath.Join(l0, "d", "both"), "l0 both\n", 0o600)
+	semWrite(t, filepath.Join(l0, "d", "top"), "top\n", 0o644)
+	semWrite(t, filepath.Join(l0, "d", "sub", "f"), "sub f\n", 0o644)
+	semWrite(t, filepath.Join(l1, "e", "f"), "e f\n", 0o644)
+	semWrite(t, filepath.Join(l0, "big"), strings.Repeat("x", 64<<10), 0o644)
+	args := []string{l0 + ":" + l1, upper, mnt}
+	mountUnion(t, args...)
+	m := func(p string) string { return filepath.Join(mnt, p) }
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	fullListing(t, mnt) // the kernel now has a node for every entry
+	// New files in new and merged directories, given attributes the way
+	// tar x does after writing them.
+	must(os.MkdirAll(m("new/deep"), 0o755))
+	for i, p := range []string{"new/a", "new/deep/b", "d/c"} {
+		must(os.WriteFile(m(p), []byte(strings.Repeat("n", i+1)), 0o644))
+		must(os.Chmod(m(p), 0o640))
+		must(os.Chtimes(m(p), time.Unix(1e9, 0), time.Unix(1e9+int64(i), 0)))
+	}
+	// Copy-ups by a write, a chmod (metadata only) and a truncate; a
+	// whiteout, a hard link, a symlink, and renames of a file and of a
+	// directory.
+	must(os.WriteFile(m("d/both"), []byte("upper both\n"), 0o644))
+	must(os.Chmod(m("big"), 0o600))
+	must(os.Truncate(m("d/top"), 2))
+	must(os.Remove(m("d/bottom")))
+	must(os.Link(m("new/a"), m("d/a-link")))
+	must(os.Symlink("top", m("d/sym")))
+	must(os.Rename(m("e/f"), m("d/from-e")))
+	must(os.Rename(m("d/sub"), m("d/sub2")))
+	fullListing(t, mnt)
+	commitMount(t, nil, mnt)
+	// Changes to what the commit froze.
+	must(os.Chmod(m("new/a"), 0o600))
+	must(os.WriteFile(m("d/c"), []byte("rewritten\n"), 0o644))
+	must(os.Mkdir(m("d/sub2/inner"), 0o700))
+	must(unix.Lsetxattr(m("d/sub2/f"), "user.k", []byte("v"), 0))
+	got := fullListing(t, mnt)
+
+	unmount(t, mnt)
+	mountUnion(t, args...)
+	checkListing(t, "a walk after the changes, against a fresh mount", got, fullListing(t, mnt))
 }
 
 // mountView reads a mount the way the cache tests check it, each read
