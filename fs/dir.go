@@ -380,10 +380,14 @@ func (n *Node) remove(name string, isDir bool) syscall.Errno {
 	if e != 0 {
 		return e
 	}
-	o, err := n.st.Lookup(dir, rel, name)
-	if err != nil {
-		return errno(err)
+	o := n.knownUpperFile(name)
+	if o == nil {
+		var err error
+		if o, err = n.st.Lookup(dir, rel, name); err != nil {
+			return errno(err)
+		}
 	}
+	var err error
 	if isDir {
 		err = n.st.Rmdir(dir, rel, name, o)
 	} else {
@@ -398,6 +402,33 @@ func (n *Node) remove(name string, isDir bool) syscall.Errno {
 		ch.Operations().(*Node).invalidate()
 	}
 	return 0
+}
+
+// knownUpperFile returns the object of name in n as the node the kernel
+// has for it knows it, when that is a file (not a directory) in the
+// upper, and nil otherwise. When nothing else changes the layers the
+// daemon keeps its nodes' objects current (see dirHandle.Lookup), and
+// what an unlink does with an upper file depends only on its type; a
+// commit moves the objects it froze out of the upper, so that they are
+// looked up again. An unlink then spares the lookup: a stat and a read of
+// the file's inode-number xattr.
+func (n *Node) knownUpperFile(name string) *cow.Object {
+	if !n.keep {
+		return nil
+	}
+	ch := n.GetChild(name)
+	if ch == nil {
+		return nil
+	}
+	c, ok := ch.Operations().(*Node)
+	if !ok {
+		return nil
+	}
+	_, o, e := c.object()
+	if e != 0 || !o.Upper() || o.IsDir() {
+		return nil
+	}
+	return o
 }
 
 var _ = (fusefs.NodeRenamer)((*Node)(nil))

@@ -94,6 +94,11 @@ var corpus = []scenario{
 	{"unlink-upper-shadowing", []op{opUnlink("shadow2.txt"), opStat("shadow2.txt")}},
 	{"unlink-mid-file", []op{opUnlink("mid.txt"), opUnlink("d/mid")}},
 	{"unlink-errors", []op{opUnlink("d"), opRmdir("lower.txt"), opUnlink("hidden"), opUnlink("d/g"), opUnlink("gone/x")}},
+	// An unlink of an upper file the kernel has a node for takes the
+	// node's object (fs/dir.go, knownUpperFile).
+	{"unlink-known-upper", []op{opCreate("n", "1"), opLink("n", "n2"), opUnlink("n"), opRead("n2"), opStat("n2"),
+		opChmod("lower.txt", 0600), opUnlink("lower.txt"), opStat("lower.txt"),
+		opCreate("m", "2"), opRename("m", "d/m", 0), opUnlink("d/m"), opReaddir("d"), opReaddir("")}},
 	{"unlink-special", []op{opUnlink("fifo"), opUnlink("chr"), opUnlink("link"), opUnlink(longName)}},
 
 	// rmdir.
