@@ -179,22 +179,15 @@ func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 // known fills out with the attributes of the node the kernel has for
 // name, and returns its inode; nil when there is none to answer from.
 func (d *dirHandle) known(name string, out *fuse.Attr) *fusefs.Inode {
-	if !d.n.keep {
-		return nil
-	}
-	ch := d.n.GetChild(name)
-	if ch == nil {
-		return nil
-	}
-	c, ok := ch.Operations().(*Node)
-	if !ok {
+	c := d.n.knownChild(name)
+	if c == nil {
 		return nil
 	}
 	defer d.n.hold()()
 	if c.getattr(out) != 0 {
 		return nil
 	}
-	return ch
+	return c.EmbeddedInode()
 }
 
 var _ = (fusefs.FileSeekdirer)((*dirHandle)(nil))
@@ -427,15 +420,8 @@ func (n *Node) remove(name string, isDir bool) syscall.Errno {
 // looked up again. An unlink then spares the lookup: a stat and a read of
 // the file's inode-number xattr.
 func (n *Node) knownUpperFile(name string) *cow.Object {
-	if !n.keep {
-		return nil
-	}
-	ch := n.GetChild(name)
-	if ch == nil {
-		return nil
-	}
-	c, ok := ch.Operations().(*Node)
-	if !ok {
+	c := n.knownChild(name)
+	if c == nil {
 		return nil
 	}
 	_, o, e := c.object()
@@ -443,6 +429,21 @@ func (n *Node) knownUpperFile(name string) *cow.Object {
 		return nil
 	}
 	return o
+}
+
+// knownChild returns the node the kernel has for name in n, when the
+// daemon keeps its nodes current (Node.keep: nothing else changes the
+// layers), and nil otherwise.
+func (n *Node) knownChild(name string) *Node {
+	if !n.keep {
+		return nil
+	}
+	ch := n.GetChild(name)
+	if ch == nil {
+		return nil
+	}
+	c, _ := ch.Operations().(*Node)
+	return c
 }
 
 var _ = (fusefs.NodeRenamer)((*Node)(nil))
