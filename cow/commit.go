@@ -368,7 +368,7 @@ func (s *Stack) Detach(fd int) (int, error) {
 	// fd may be open for writing only.
 	in, err := unix.Open(procPath(fd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err == nil {
-		err = copyData(c, in, st.Size)
+		err = copyData(c, in, st.Size, false)
 		unix.Close(in)
 	}
 	if err != nil {
