@@ -423,7 +423,8 @@ type writeBehind struct {
 	fd    int
 	on    bool
 	start int64 // the copy's pages from here on are not handed over yet
-	// prev and prevEnd bound the window handed over before the last.
+	// prev and prevEnd bound the last window handed over, which the
+	// copy waits for once it has handed over the next.
 	prev, prevEnd int64
 }
 
