@@ -26,9 +26,10 @@ type Layer struct {
 	// committed marks a lower that was an upper (commit.go): it may hold
 	// inode numbers recorded at copy-up.
 	committed bool
-	// changes counts the changes to an upper's namespace (see in), so
-	// that what a lookup saw there can be remembered until the next one
-	// (Stack.upperDirAbsent).
+	// changes counts the changes made in an upper through in: every
+	// change to its namespace, and attribute changes too, which only
+	// make a memory end sooner. What a lookup saw there is remembered
+	// until the count next moves (Stack.upperDirAbsent).
 	changes atomic.Uint64
 }
 

@@ -387,14 +387,13 @@ func (n *Node) remove(name string, isDir bool) syscall.Errno {
 	if e != 0 {
 		return e
 	}
-	o := n.knownUpperFile(name)
+	o, err := n.knownUpperFile(name), error(nil)
 	if o == nil {
-		var err error
-		if o, err = n.st.Lookup(dir, rel, name); err != nil {
-			return errno(err)
-		}
+		o, err = n.st.Lookup(dir, rel, name)
 	}
-	var err error
+	if err != nil {
+		return errno(err)
+	}
 	if isDir {
 		err = n.st.Rmdir(dir, rel, name, o)
 	} else {
