@@ -110,14 +110,17 @@ func (o *Options) fuseOptions() fuse.MountOptions {
 	if o.DefaultPermissions {
 		mo.Options = append(mo.Options, "default_permissions")
 	}
+	// Without an upper the union is read-only, and the kernel says so
+	// (EROFS, statfs, /proc/mounts), as for an overlay without upperdir.
+	readOnly := o.ReadOnly || o.Upper == ""
 	if os.Geteuid() == 0 {
 		// Root needs no fusermount3; fs falls back to it if mount(2)
 		// is refused. Flags must then be bits, not options.
 		mo.DirectMount = true
-		if o.ReadOnly {
+		if readOnly {
 			mo.DirectMountFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_RDONLY
 		}
-	} else if o.ReadOnly {
+	} else if readOnly {
 		mo.Options = append(mo.Options, "ro")
 	}
 	return mo
