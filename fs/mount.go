@@ -75,10 +75,19 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	tr := newTransport(mo.MaxWrite)
 	opts.ServerCallbacks = tr
 	var raw fuse.RawFileSystem = fusefs.NewNodeFS(rootNode, opts)
+	// A read-only union: no upper, or a read-only mount.
+	readOnly := st.UpperDir() == "" || mo.DirectMountFlags&unix.MS_RDONLY != 0 || slices.Contains(mo.Options, "ro")
+	noPassthrough := cache.NoPassthrough
 	if rootNode.keep {
 		ol := newOpenless(raw, &rootNode.reg.openless)
 		raw = ol
 		tr.onInit = ol.init
+		if readOnly {
+			no := newNoOpen(raw)
+			raw = no
+			tr.onInit = func(kernel uint64) { ol.init(kernel); no.init(kernel) }
+			noPassthrough = true // no OPEN, no backing file
+		}
 		st.OnDirCopyUp(func(rel string) {
 			if n := rootNode.nodeAt(rel); n != nil {
 				n.invalidate() // its object is the lower one
@@ -94,7 +103,7 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	<-tr.inited
 	// Passthrough needs root (CAP_SYS_ADMIN) and a kernel that has it;
 	// without either, every handle goes through the daemon.
-	if upper := st.UpperDir(); !cache.NoPassthrough && upper != "" {
+	if upper := st.UpperDir(); !noPassthrough && upper != "" {
 		if err := probePassthrough(tr, upper); err != nil {
 			log.Printf("passthrough off: the kernel refuses backing files: %v", err)
 		} else {

@@ -21,6 +21,15 @@ import (
 // test.
 func ptMount(t *testing.T, lowers []string, upper, mnt string, opts ...string) (count func(op string) int) {
 	t.Helper()
+	return debugMount(t, opts, strings.Join(lowers, ":"), upper, mnt)
+}
+
+// debugMount mounts with the options opts and the arguments args (the
+// layers and the mount point), the debug log in a file, and returns a
+// function counting the requests of each opcode logged so far. A panic in
+// the daemon (go-fuse logs it and serves on) fails the test.
+func debugMount(t *testing.T, opts []string, args ...string) (count func(op string) int) {
+	t.Helper()
 	log := filepath.Join(t.TempDir(), "debug.log")
 	t.Cleanup(func() {
 		data, _ := os.ReadFile(log)
@@ -31,8 +40,7 @@ func ptMount(t *testing.T, lowers []string, upper, mnt string, opts ...string) (
 			t.Logf("debug log:\n%s", data)
 		}
 	})
-	args := []string{"-o", strings.Join(append([]string{"debug"}, opts...), ","), "--log", log, strings.Join(lowers, ":"), upper, mnt}
-	mountUnion(t, args...)
+	mountUnion(t, append([]string{"-o", strings.Join(append([]string{"debug"}, opts...), ","), "--log", log}, args...)...)
 	return func(op string) int {
 		data, err := os.ReadFile(log)
 		if err != nil {
