@@ -77,6 +77,7 @@
 //	rm_upper                     rm -rf of that untarred tree
 //	rm_lower                     rm -rf tree/, every entry a lower one (whiteouts)
 //	gobuild_noop                 go build ./... in proj/ with GOCACHE=gocache/, offline
+//	tar_ro_warm, grep_ro_warm    the warm tar and grep on a read-only union of L1:L2 (no upper)
 //	commit                       unionmount commit of the untarred tree (~16k entries in the upper)
 //	commit_held                  how long that commit held writers, as it reports
 //	stat_many                    find many/ -ls: every entry of a 100k-entry tree (10k with -quick)
@@ -582,7 +583,7 @@ type result struct {
 
 // sample runs workload w once on sys, on a fresh mount.
 func (b *bench) sample(sys string, w *workload) (res result, err error) {
-	m, err := b.mountSystem(sys, w.layered)
+	m, err := b.mountSystem(sys, w.layered, w.readOnly)
 	if err != nil {
 		return res, err
 	}

@@ -31,8 +31,9 @@ type mounted struct {
 
 // mountSystem mounts sys with a fresh upper and work directory under
 // runs/SYSTEM, over L1:L2 or, when layered, over the lowers of deep/;
-// native uses the matching flat directory.
-func (b *bench) mountSystem(sys string, layered bool) (*mounted, error) {
+// readOnly mounts the lowers alone, without an upper. native uses the
+// matching flat directory.
+func (b *bench) mountSystem(sys string, layered, readOnly bool) (*mounted, error) {
 	lowers, flat := b.lay.l1+":"+b.lay.l2, b.lay.flat
 	if layered {
 		lowers, flat = strings.Join(b.deepLowers(), ":"), b.deepFlat()
@@ -51,6 +52,11 @@ func (b *bench) mountSystem(sys string, layered bool) (*mounted, error) {
 		}
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lowers, upper, work)
+	umArgs := []string{"-f", "-w", work, lowers, upper, merged}
+	if readOnly {
+		opts = "lowerdir=" + lowers
+		umArgs = []string{"-f", lowers, merged}
+	}
 	m := &mounted{root: merged}
 	var err error
 	switch sys {
@@ -62,7 +68,7 @@ func (b *bench) mountSystem(sys string, layered bool) (*mounted, error) {
 	case sysFuseOv:
 		m.daemon, err = b.startDaemon(sys, merged, b.fuseOverlayfs, "-f", "-o", opts, merged)
 	case sysUnion:
-		m.daemon, err = b.startDaemon(sys, merged, b.umBin, "-f", "-w", work, lowers, upper, merged)
+		m.daemon, err = b.startDaemon(sys, merged, b.umBin, umArgs...)
 	default:
 		err = fmt.Errorf("unknown system %q", sys)
 	}

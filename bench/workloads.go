@@ -41,6 +41,8 @@ type workload struct {
 	only string
 	// layered runs it on the deep/ stack instead of L1:L2.
 	layered bool
+	// readOnly mounts the lowers without an upper.
+	readOnly bool
 	// self marks a run that returns the measurement itself, in unit,
 	// instead of the amount of work done.
 	self bool
@@ -120,6 +122,15 @@ func (b *bench) workloads() []*workload {
 	for _, wk := range []int{0, 2} {
 		wk := walks[wk]
 		add(&workload{name: wk.name + "_layers_cold", unit: unitSeconds, cold: true, layered: true,
+			run: func(s *sample) (float64, error) {
+				return 0, s.shell(s.path("tree"), wk.ok, wk.cmd[0], wk.cmd[1:]...)
+			}})
+	}
+
+	// The same warm walks on a read-only union, as an image is inspected.
+	for _, wk := range []int{3, 4} {
+		wk := walks[wk]
+		add(&workload{name: wk.name + "_ro_warm", unit: unitSeconds, warm: true, readOnly: true,
 			run: func(s *sample) (float64, error) {
 				return 0, s.shell(s.path("tree"), wk.ok, wk.cmd[0], wk.cmd[1:]...)
 			}})
