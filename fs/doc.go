@@ -31,6 +31,8 @@
 // listings (FOPEN_CACHE_DIR) and file pages (FOPEN_KEEP_CACHE) across
 // opens; closes send no FLUSH. A read-only handle on a lower file opens
 // the file at its first read, which a warm read never makes (file.go).
+// The kernel opens directories without asking the daemon (opendir.go),
+// and, on a read-only union, files too (noopen.go).
 // The daemon removes privileges on write itself (HANDLE_KILLPRIV_V2,
 // killpriv.go). Where the daemon changes what the kernel cannot see (a
 // directory rename copying up a tree, an unlink that re-indexes a hard
