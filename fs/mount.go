@@ -75,8 +75,9 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	tr := newTransport(mo.MaxWrite)
 	opts.ServerCallbacks = tr
 	var raw fuse.RawFileSystem = fusefs.NewNodeFS(rootNode, opts)
-	// A read-only union: no upper, or a read-only mount.
-	readOnly := st.UpperDir() == "" || mo.DirectMountFlags&unix.MS_RDONLY != 0 || slices.Contains(mo.Options, "ro")
+	// A mount the kernel keeps read-only (noopen.go relies on it to
+	// refuse every write: no OPEN would reach the daemon to refuse it).
+	readOnly := mo.DirectMountFlags&unix.MS_RDONLY != 0 || slices.Contains(mo.Options, "ro")
 	noPassthrough := cache.NoPassthrough
 	if rootNode.keep {
 		ol := newOpenless(raw, &rootNode.reg.openless)
