@@ -20,7 +20,15 @@ func (n *Node) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrO
 	if h, ok := asHandle(f); ok {
 		return h.getattr(out)
 	}
-	return n.getattr(&out.Attr)
+	e := n.getattr(&out.Attr)
+	if e == syscall.ENOENT && f == nil {
+		// Without a name, a file the kernel opened itself is still
+		// there (noopen.go).
+		if h := n.pinned(); h != nil {
+			return h.getattr(out)
+		}
+	}
+	return e
 }
 
 // getattr fills out with the attributes of n's object.

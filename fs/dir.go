@@ -397,6 +397,9 @@ func (n *Node) remove(name string, isDir bool) syscall.Errno {
 	if isDir {
 		err = n.st.Rmdir(dir, rel, name, o)
 	} else {
+		if ch := n.GetChild(name); ch != nil {
+			ch.Operations().(*Node).pin()
+		}
 		err = n.st.Unlink(dir, rel, name, o)
 	}
 	if err != nil {
@@ -469,6 +472,9 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 	}
 	if err != nil {
 		return errno(err)
+	}
+	if ch := np.GetChild(newName); ch != nil && dst != nil && flags&unix.RENAME_EXCHANGE == 0 {
+		ch.Operations().(*Node).pin()
 	}
 	if _, err := n.st.Rename(dir, rel, name, src, ndir, nrel, newName, dst, uint(flags)); err != nil {
 		return errno(err)

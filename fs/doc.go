@@ -32,7 +32,10 @@
 // opens; closes send no FLUSH. A read-only handle on a lower file opens
 // the file at its first read, which a warm read never makes (file.go).
 // The kernel opens directories without asking the daemon (opendir.go),
-// and, on a read-only union, files too (noopen.go).
+// and files too where it checks permissions itself (a read-only union, or
+// default_permissions, as root by default): a lower file is then copied
+// up at its first write, and a file unlinked while open keeps a
+// descriptor in the daemon until the kernel forgets it (noopen.go).
 // The daemon removes privileges on write itself (HANDLE_KILLPRIV_V2,
 // killpriv.go). Where the daemon changes what the kernel cannot see (a
 // directory rename copying up a tree, an unlink that re-indexes a hard
@@ -56,8 +59,10 @@
 //
 // # Passthrough
 //
-// As root, a file whose data is in the upper is opened through FUSE
-// passthrough: the kernel reads and writes the upper file itself. Lower
+// With -o passthrough=on, as root, a file whose data is in the upper is
+// opened through FUSE passthrough: the kernel reads and writes the upper
+// file itself. (The kernel cannot both open files itself and pass them
+// through, so passthrough is off where it opens them.) Lower
 // files never are: go-fuse binds one backing file per inode, so a lower
 // file opened read-only and then for writing would send the writes into
 // the lower layer, and a backing file cannot follow a copy-up. The rules

@@ -245,6 +245,12 @@ var _ = (fusefs.FileReleaser)((*handle)(nil))
 // Release implements fusefs.FileReleaser.
 func (h *handle) Release(ctx context.Context) syscall.Errno {
 	h.n.closed(h)
+	h.close()
+	return 0
+}
+
+// close closes the handle's descriptor.
+func (h *handle) close() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.fd >= 0 {
@@ -252,7 +258,6 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 		h.fd = -1
 	}
 	h.src = nil
-	return 0
 }
 
 var _ = (fusefs.FileFlusher)((*handle)(nil))
@@ -350,12 +355,31 @@ var _ = (fusefs.NodeCopyFileRanger)((*Node)(nil))
 
 // CopyFileRange implements fusefs.NodeCopyFileRanger.
 func (n *Node) CopyFileRange(ctx context.Context, fhIn fusefs.FileHandle, offIn uint64, out *fusefs.Inode, fhOut fusefs.FileHandle, offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
-	defer n.hold()()
-	in, ok1 := asHandle(fhIn)
+	in, ok := asHandle(fhIn)
+	if !ok && fhIn == nil {
+		// A file the kernel opened itself (noopen.go).
+		kf, done := n.kernelFile()
+		defer done()
+		h, err := kf.reading()
+		if err != nil {
+			return 0, errno(err)
+		}
+		in, ok = h, true
+	}
 	o, ok2 := asHandle(fhOut)
-	if !ok1 || !ok2 {
+	if !ok2 && fhOut == nil {
+		kf, done := out.Operations().(*Node).kernelFile()
+		defer done()
+		h, err := kf.writingHeld()
+		if err != nil {
+			return 0, errno(err)
+		}
+		o, ok2 = h, true
+	}
+	if !ok || !ok2 {
 		return 0, syscall.EBADF
 	}
+	defer n.hold()()
 	wfd, err := o.writable()
 	if err != nil {
 		return 0, errno(err)

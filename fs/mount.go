@@ -31,6 +31,9 @@ type Cache struct {
 	// otherwise the kernel reads and writes files in the upper itself
 	// (passthrough.go).
 	NoPassthrough bool
+	// Passthrough prefers passthrough to opens without the daemon
+	// (noopen.go) on a writable union: the kernel cannot have both.
+	Passthrough bool
 }
 
 // DefaultCache is the caching policy for layers that do not change while
@@ -83,11 +86,15 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 		ol := newOpenless(raw, &rootNode.reg.openless)
 		raw = ol
 		tr.onInit = ol.init
-		if readOnly {
-			no := newNoOpen(raw)
+		// Files open without the daemon where the kernel checks
+		// permissions itself (noopen.go).
+		if readOnly || slices.Contains(mo.Options, "default_permissions") && !cache.Passthrough {
+			no := newNoOpen(raw, &rootNode.reg.noOpen)
 			raw = no
 			tr.onInit = func(kernel uint64) { ol.init(kernel); no.init(kernel) }
-			noPassthrough = true // no OPEN, no backing file
+			// The kernel refuses (EIO) an open it makes itself of a
+			// file with a passthrough handle open (fs/fuse/iomode.c).
+			noPassthrough = true
 		}
 		st.OnDirCopyUp(func(rel string) {
 			if n := rootNode.nodeAt(rel); n != nil {

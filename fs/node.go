@@ -28,6 +28,10 @@ type nodes struct {
 	// openless is set when the kernel opens directories itself
 	// (opendir.go).
 	openless atomic.Bool
+	// noOpen is set when the kernel opens files itself, and kfiles
+	// serves the requests on those files (noopen.go).
+	noOpen atomic.Bool
+	kfiles kernelFiles
 }
 
 // Node is one merged object.
@@ -56,6 +60,9 @@ type Node struct {
 	noPrivs atomic.Bool
 	// open counts the node's open handles by kind (passthrough.go).
 	open openCount
+	// kf serves the files the kernel opened itself; nodes.kfiles.mu
+	// guards it (noopen.go).
+	kf *kernelFile
 	// xattrs says whether obj, when frozen (cow.Object.Frozen), has
 	// xattrs; setObject and invalidate forget it.
 	xattrs atomic.Int32
@@ -223,6 +230,7 @@ func (n *Node) OnForget() {
 		n.tmpfd = -1
 	}
 	n.mu.Unlock()
+	n.unpin()
 }
 
 // owner returns the caller of a request.

@@ -2,14 +2,17 @@ package fs
 
 import (
 	"container/list"
+	"context"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
-// Files of a read-only union open without a round trip to the daemon.
+// Files open without a round trip to the daemon.
 //
 // When the daemon answers OPEN with ENOSYS, the kernel stops sending OPEN
 // and RELEASE for the rest of the mount, opens every file itself and keeps
@@ -17,49 +20,44 @@ import (
 // must offer FUSE_NO_OPEN_SUPPORT, Linux 3.14). Such opens would send a
 // FLUSH at every close, which ENOSYS stops as well. A program that opens,
 // reads and closes file after file then costs the daemon only the reads
-// the page cache cannot answer. On a read-only union of the bench's layers
-// (14.9k files), a second grep -r sent 20 requests where it sent 46.4k
-// (an OPEN and a RELEASE per file, and a GETATTR per file and directory,
-// which a read-only mount spares too: the kernel then does not mark
-// atimes stale after a read), and took 0.28-0.29 s against 1.22-1.25 s
-// (fuse-overlayfs 1.21-1.24 s, kernel overlayfs 0.29-0.31 s); a second tar
-// 0.38 s against 0.90 s (fuse-overlayfs 1.39-1.52 s, the kernel 0.39-0.54 s).
+// the page cache cannot answer: on the bench's tree, a second grep -r of a
+// read-only union sent 20 requests where it sent 46.4k (an OPEN and a
+// RELEASE per file, and a GETATTR per file and directory, which a
+// read-only mount spares too: the kernel then does not mark atimes stale
+// after a read).
 //
-// Only a read-only union, where nothing is ever copied up, written,
-// truncated or removed: on a writable one the OPEN of a file for writing is
-// where it is copied up, and where passthrough gets its backing file. And
-// only with caches on, since the lowers then do not change while mounted
-// (with a timeout of 0 every open must see the file afresh).
+// The daemon does so with caches on only (with a timeout of 0 the lowers
+// may change, and every open must see the file afresh), and only where
+// the kernel checks permissions itself: on a read-only mount, which it
+// keeps from being written, or with default_permissions. Creating a file
+// still takes a request, CREATE, and its handle is an ordinary one.
 //
-// A READ or LSEEK then carries handle 0. noOpen serves it with a handle of
-// the node bridge's, opened read-only as an OPEN would have, and kept for
-// the node's next requests: at most maxBorrowed of them, the least
-// recently used released first, and a node's released before its FORGET
-// reaches the bridge, which must not forget a node with a handle open.
+// Requests on the files the kernel opened carry handle 0. A node serves
+// them with its kernelFile: a handle opened read-only, on the file's
+// first read (as file.go's handles on lower files are), and one opened for
+// writing at the first write, truncate or fallocate, which is therefore
+// where a lower file is copied up, not at an open for writing as in the
+// kernel's overlayfs: opening a file for writing and closing it unwritten
+// leaves the upper as it was. Descriptors are kept for at most
+// maxKernelFiles nodes, the least recently used closed first (they open
+// again when needed), and for every node that lost its last name while
+// the kernel still knows it (pin): an unlinked file stays readable and
+// writable through the descriptors opened before, as on any filesystem,
+// and only the daemon's descriptor reaches its data then. A node's are
+// closed when the kernel forgets it.
+//
+// Passthrough is then off (passthrough.go): the kernel refuses (EIO) an
+// open it makes itself of a file that has a passthrough handle open
+// (fs/fuse/iomode.c), so a file created through passthrough could not be
+// opened again until closed. -o passthrough=on keeps OPEN for it.
 type noOpen struct {
 	fuse.RawFileSystem
-
 	// on is set at INIT when the kernel can open files itself.
-	on atomic.Bool
-
-	mu   sync.Mutex
-	byID map[uint64]*list.Element // node ID → its handle in lru
-	lru  list.List                // of *borrowed, most recently used first
+	on *atomic.Bool
 }
 
-// borrowed is a bridge handle serving requests with handle 0.
-type borrowed struct {
-	id, fh uint64
-	users  int  // requests using it; noOpen.mu guards users and gone
-	gone   bool // evicted: released once the last user is done
-}
-
-// maxBorrowed bounds the descriptors held for files read without an
-// OPEN; each handle holds at most one.
-const maxBorrowed = 64
-
-func newNoOpen(raw fuse.RawFileSystem) *noOpen {
-	return &noOpen{RawFileSystem: raw, byID: map[uint64]*list.Element{}}
+func newNoOpen(raw fuse.RawFileSystem, on *atomic.Bool) *noOpen {
+	return &noOpen{RawFileSystem: raw, on: on}
 }
 
 // init learns from the kernel's INIT request whether it can open files
@@ -76,7 +74,8 @@ func (o *noOpen) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 	return fuse.ENOSYS
 }
 
-// Flush tells the kernel not to flush at close: nothing is ever written.
+// Flush tells the kernel not to flush at close: every write reached the
+// upper before it returned.
 func (o *noOpen) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 	if in.Fh != 0 {
 		return o.RawFileSystem.Flush(cancel, in)
@@ -84,131 +83,289 @@ func (o *noOpen) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 	return fuse.ENOSYS
 }
 
-// Read implements fuse.RawFileSystem.
-func (o *noOpen) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
-	if in.Fh != 0 {
-		return o.RawFileSystem.Read(cancel, in, buf)
-	}
-	b, st := o.borrow(cancel, in.InHeader)
-	if !st.Ok() {
-		return nil, st
-	}
-	defer o.giveBack(b)
-	rin := *in
-	rin.Fh = b.fh
-	// The result holds the data read into buf, not the handle.
-	return o.RawFileSystem.Read(cancel, &rin, buf)
+// maxKernelFiles bounds the nodes whose files the kernel opened that keep
+// descriptors while they have a name.
+const maxKernelFiles = 64
+
+// kernelFiles is the registry of the nodes' kernelFiles.
+type kernelFiles struct {
+	mu  sync.Mutex
+	lru list.List // of *kernelFile, most recently used first; not pinned ones
 }
 
-// Lseek implements fuse.RawFileSystem (SEEK_DATA and SEEK_HOLE).
-func (o *noOpen) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
-	if in.Fh != 0 {
-		return o.RawFileSystem.Lseek(cancel, in, out)
-	}
-	b, st := o.borrow(cancel, in.InHeader)
-	if !st.Ok() {
-		return st
-	}
-	defer o.giveBack(b)
-	lin := *in
-	lin.Fh = b.fh
-	return o.RawFileSystem.Lseek(cancel, &lin, out)
+// kernelFile serves the requests on a node's files that the kernel opened
+// itself.
+type kernelFile struct {
+	n *Node
+	// users counts the requests using the file; elem is its place in
+	// the registry's lru, nil once pinned. kernelFiles.mu guards both and
+	// Node.kf.
+	users int
+	elem  *list.Element
+
+	// mu guards r and w: the read-only handle, opened at the first read,
+	// and the one for writing, opened at the first write. Reads use w once
+	// it is there.
+	mu   sync.Mutex
+	r, w *handle
 }
 
-// Fsync of a file opened by the kernel: nothing was written to it.
-func (o *noOpen) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	if in.Fh != 0 {
-		return o.RawFileSystem.Fsync(cancel, in)
+// kernelFile returns the node's kernelFile, in use until done is called.
+func (n *Node) kernelFile() (kf *kernelFile, done func()) {
+	reg := &n.reg.kfiles
+	var evicted []*kernelFile
+	reg.mu.Lock()
+	kf = n.kf
+	switch {
+	case kf == nil:
+		kf = &kernelFile{n: n}
+		kf.elem = reg.lru.PushFront(kf)
+		n.kf = kf
+	case kf.elem != nil:
+		reg.lru.MoveToFront(kf.elem)
 	}
-	return fuse.OK
-}
-
-// borrow returns the handle kept for the node of h, opening one if there is
-// none; giveBack returns it.
-func (o *noOpen) borrow(cancel <-chan struct{}, h fuse.InHeader) (*borrowed, fuse.Status) {
-	if b := o.take(h.NodeId); b != nil {
-		return b, fuse.OK
-	}
-	var out fuse.OpenOut
-	if st := o.RawFileSystem.Open(cancel, &fuse.OpenIn{InHeader: h, Flags: syscall.O_RDONLY}, &out); !st.Ok() {
-		return nil, st
-	}
-	b := &borrowed{id: h.NodeId, fh: out.Fh, users: 1}
-	var evicted []*borrowed
-	o.mu.Lock()
-	if old, ok := o.byID[h.NodeId]; ok {
-		// Another request opened one meanwhile; ours serves this
-		// request only.
-		b.gone = true
-		o.lru.MoveToFront(old)
-	} else {
-		o.byID[h.NodeId] = o.lru.PushFront(b)
-	}
-	for o.lru.Len() > maxBorrowed {
-		e := o.lru.Back()
-		if old := o.dropLocked(e); old != nil {
+	kf.users++
+	for e := reg.lru.Back(); e != nil && reg.lru.Len() > maxKernelFiles; {
+		old := e.Value.(*kernelFile)
+		e = e.Prev()
+		if old.users == 0 {
+			reg.lru.Remove(old.elem)
+			old.elem = nil
+			old.n.kf = nil
 			evicted = append(evicted, old)
 		}
 	}
-	o.mu.Unlock()
+	reg.mu.Unlock()
 	for _, old := range evicted {
-		o.release(old)
+		old.close()
 	}
-	return b, fuse.OK
+	return kf, func() {
+		reg.mu.Lock()
+		kf.users--
+		reg.mu.Unlock()
+	}
 }
 
-// take returns the node's kept handle, in use, or nil.
-func (o *noOpen) take(id uint64) *borrowed {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	e, ok := o.byID[id]
-	if !ok {
+// close closes the kernelFile's descriptors; nobody uses it any more.
+func (kf *kernelFile) close() {
+	kf.mu.Lock()
+	defer kf.mu.Unlock()
+	for _, h := range []*handle{kf.r, kf.w} {
+		if h != nil {
+			h.close()
+		}
+	}
+	kf.r, kf.w = nil, nil
+}
+
+// reading returns the handle to read from.
+func (kf *kernelFile) reading() (*handle, error) {
+	kf.mu.Lock()
+	defer kf.mu.Unlock()
+	if kf.w != nil {
+		return kf.w, nil
+	}
+	if kf.r == nil {
+		release := kf.n.hold()
+		rel, o, e := kf.n.object()
+		release()
+		if e != 0 {
+			return nil, e
+		}
+		// Opened at its first use, as a read-only handle on a lower
+		// file is (file.go): a stat or a page-cache hit needs none.
+		kf.r = newHandle(kf.n, -1, unix.O_RDONLY, o, rel)
+	}
+	return kf.r, nil
+}
+
+// writingHeld is writing under the stack's hold (handle methods take
+// their own).
+func (kf *kernelFile) writingHeld() (*handle, error) {
+	defer kf.n.hold()()
+	return kf.writing()
+}
+
+// writing returns the handle to write to, copying the file up when its
+// data is in a lower.
+func (kf *kernelFile) writing() (*handle, error) {
+	kf.mu.Lock()
+	defer kf.mu.Unlock()
+	if kf.w != nil {
+		return kf.w, nil
+	}
+	rel, o, e := kf.n.object()
+	if e == syscall.ENOENT && kf.r != nil {
+		// No name left: the pinned read-only descriptor is the data;
+		// handle.writable gives the writes a private copy of it.
+		kf.w = kf.r
+		return kf.w, nil
+	}
+	if e != 0 {
+		return nil, e
+	}
+	fd, c, err := kf.n.st.Open(o, rel, unix.O_RDWR)
+	if err != nil {
+		return nil, err
+	}
+	if c != o {
+		kf.n.setObject(c)
+	}
+	kf.w = newHandle(kf.n, fd, unix.O_RDWR, c, rel)
+	return kf.w, nil
+}
+
+// pin keeps the node's data reachable for as long as the kernel knows the
+// node, which is about to lose its last name: called before an unlink, or
+// a rename over it. Upper data is opened now, for writing, so that the
+// file stays one file for every descriptor the kernel opened; data in a
+// lower stays where it is.
+func (n *Node) pin() {
+	if !n.reg.noOpen.Load() || n.StableAttr().Mode&unix.S_IFMT != unix.S_IFREG {
+		return
+	}
+	kf, done := n.kernelFile()
+	defer done()
+	reg := &n.reg.kfiles
+	reg.mu.Lock()
+	if kf.elem != nil {
+		reg.lru.Remove(kf.elem)
+		kf.elem = nil
+	}
+	reg.mu.Unlock()
+	kf.mu.Lock()
+	defer kf.mu.Unlock()
+	if kf.w != nil {
+		return
+	}
+	rel, o, e := n.object()
+	if e != 0 {
+		return
+	}
+	if o.DataUpper() {
+		if fd, _, err := n.st.Open(o, rel, unix.O_RDWR); err == nil {
+			kf.w = newHandle(n, fd, unix.O_RDWR, o, rel)
+			return
+		}
+	}
+	if kf.r == nil {
+		// The lowers do not change while mounted: the handle opens the
+		// data where it is now, at its first use. A metadata-only copy
+		// in the upper has its data there as well.
+		kf.r = newHandle(n, -1, unix.O_RDONLY, o, rel)
+	}
+}
+
+// pinned returns the handle of a node's kernelFile that holds its data,
+// or nil.
+func (n *Node) pinned() *handle {
+	reg := &n.reg.kfiles
+	reg.mu.Lock()
+	kf := n.kf
+	reg.mu.Unlock()
+	if kf == nil {
 		return nil
 	}
-	o.lru.MoveToFront(e)
-	b := e.Value.(*borrowed)
-	b.users++
-	return b
-}
-
-// dropLocked unkeeps the handle of e, and returns it when nobody uses it
-// any more, for the caller to release after unlocking o.mu.
-func (o *noOpen) dropLocked(e *list.Element) *borrowed {
-	b := o.lru.Remove(e).(*borrowed)
-	delete(o.byID, b.id)
-	b.gone = true
-	if b.users > 0 {
-		return nil
+	kf.mu.Lock()
+	defer kf.mu.Unlock()
+	if kf.w != nil {
+		return kf.w
 	}
-	return b
+	return kf.r
 }
 
-func (o *noOpen) giveBack(b *borrowed) {
-	o.mu.Lock()
-	b.users--
-	done := b.gone && b.users == 0
-	o.mu.Unlock()
-	if done {
-		o.release(b)
+// unpin closes the node's kernelFile: the kernel forgot the node.
+func (n *Node) unpin() {
+	reg := &n.reg.kfiles
+	reg.mu.Lock()
+	kf := n.kf
+	n.kf = nil
+	if kf != nil && kf.elem != nil {
+		reg.lru.Remove(kf.elem)
+		kf.elem = nil
+	}
+	reg.mu.Unlock()
+	if kf != nil {
+		kf.close()
 	}
 }
 
-func (o *noOpen) release(b *borrowed) {
-	o.RawFileSystem.Release(nil, &fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: b.id}, Fh: b.fh})
+var _ = (fusefs.NodeReader)((*Node)(nil))
+
+// Read implements fusefs.NodeReader.
+func (n *Node) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if h, ok := asHandle(f); ok {
+		return h.Read(ctx, dest, off)
+	}
+	kf, done := n.kernelFile()
+	defer done()
+	h, err := kf.reading()
+	if err != nil {
+		return nil, errno(err)
+	}
+	return h.Read(ctx, dest, off)
 }
 
-// Forget implements fuse.RawFileSystem: a file's handle goes before its
-// node does. The kernel forgets a node only once no request of its is
-// left, so nobody uses the handle.
-func (o *noOpen) Forget(id, nlookup uint64) {
-	var b *borrowed
-	o.mu.Lock()
-	if e, ok := o.byID[id]; ok {
-		b = o.dropLocked(e)
+var _ = (fusefs.NodeWriter)((*Node)(nil))
+
+// Write implements fusefs.NodeWriter.
+func (n *Node) Write(ctx context.Context, f fusefs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if h, ok := asHandle(f); ok {
+		return h.Write(ctx, data, off)
 	}
-	o.mu.Unlock()
-	if b != nil {
-		o.release(b)
+	kf, done := n.kernelFile()
+	defer done()
+	h, err := kf.writingHeld()
+	if err != nil {
+		return 0, errno(err)
 	}
-	o.RawFileSystem.Forget(id, nlookup)
+	return h.Write(ctx, data, off)
+}
+
+var _ = (fusefs.NodeFsyncer)((*Node)(nil))
+
+// Fsync implements fusefs.NodeFsyncer.
+func (n *Node) Fsync(ctx context.Context, f fusefs.FileHandle, flags uint32) syscall.Errno {
+	if h, ok := asHandle(f); ok {
+		return h.Fsync(ctx, flags)
+	}
+	kf, done := n.kernelFile()
+	defer done()
+	h, err := kf.reading()
+	if err != nil {
+		return errno(err)
+	}
+	return h.Fsync(ctx, flags)
+}
+
+var _ = (fusefs.NodeAllocater)((*Node)(nil))
+
+// Allocate implements fusefs.NodeAllocater.
+func (n *Node) Allocate(ctx context.Context, f fusefs.FileHandle, off uint64, size uint64, mode uint32) syscall.Errno {
+	if h, ok := asHandle(f); ok {
+		return h.Allocate(ctx, off, size, mode)
+	}
+	kf, done := n.kernelFile()
+	defer done()
+	h, err := kf.writingHeld()
+	if err != nil {
+		return errno(err)
+	}
+	return h.Allocate(ctx, off, size, mode)
+}
+
+var _ = (fusefs.NodeLseeker)((*Node)(nil))
+
+// Lseek implements fusefs.NodeLseeker (SEEK_DATA and SEEK_HOLE).
+func (n *Node) Lseek(ctx context.Context, f fusefs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	if h, ok := asHandle(f); ok {
+		return h.Lseek(ctx, off, whence)
+	}
+	kf, done := n.kernelFile()
+	defer done()
+	h, err := kf.reading()
+	if err != nil {
+		return 0, errno(err)
+	}
+	return h.Lseek(ctx, off, whence)
 }

@@ -842,12 +842,13 @@ func TestSparseCopyUp(t *testing.T) {
 	}
 	semMount(t, lowers, upper, mnt)
 
-	// An open for writing copies the data up (a chmod would copy only
-	// the metadata: see TestMetacopy).
-	w, err := os.OpenFile(filepath.Join(mnt, "sparse"), os.O_WRONLY, 0)
+	// The first write copies the data up (a chmod would copy only the
+	// metadata: see TestMetacopy); it writes back the byte that is there.
+	w, err := os.OpenFile(filepath.Join(mnt, "sparse"), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rewriteFirstByte(t, w)
 	w.Close()
 	ust := semLstat(t, filepath.Join(upper, "sparse"))
 	if ust.Size != size {
@@ -1259,5 +1260,18 @@ func lowerFdsHeld(t *testing.T, mnt, lower string) func() int {
 			}
 		}
 		return n
+	}
+}
+
+// rewriteFirstByte writes back the first byte of f, open for reading and
+// writing: a write that copies the file up without changing its data.
+func rewriteFirstByte(t *testing.T, f *os.File) {
+	t.Helper()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(b, 0); err != nil {
+		t.Fatal(err)
 	}
 }

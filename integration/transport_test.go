@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -53,9 +54,11 @@ func TestSlowRequestLeavesTheMountServed(t *testing.T) {
 	var copied atomic.Bool
 	done := make(chan error, 1)
 	go func() {
+		// The first write copies the file up.
 		f, err := os.OpenFile(filepath.Join(mnt, "big"), os.O_WRONLY, 0)
 		if err == nil {
-			err = f.Close()
+			_, err = f.WriteAt([]byte("u"), 0)
+			err = errors.Join(err, f.Close())
 		}
 		copied.Store(true)
 		done <- err
@@ -77,7 +80,7 @@ func TestSlowRequestLeavesTheMountServed(t *testing.T) {
 		t.Error("200 lookups were served only after the copy-up finished: the slow request held the only reader")
 	}
 	if err := <-done; err != nil {
-		t.Fatalf("open for writing (copy-up): %v", err)
+		t.Fatalf("write (copy-up): %v", err)
 	}
 }
 

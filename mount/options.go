@@ -118,6 +118,7 @@ func (o *Options) Parse(args []string, mountOpts []string) error {
 				if o.Cache.NoPassthrough, err = off(opt, val); err != nil {
 					return err
 				}
+				o.Cache.Passthrough = !o.Cache.NoPassthrough
 			case key == "metacopy" && hasVal:
 				if o.NoMetacopy, err = off(opt, val); err != nil {
 					return err
