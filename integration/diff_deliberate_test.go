@@ -10,9 +10,10 @@ import (
 
 // The documented differences from kernel overlayfs, each checked on its
 // own: unionmount renames directories that have lower layers (the kernel,
-// without redirect_dir, says EXDEV), and it refuses to create names that
+// without redirect_dir, says EXDEV), it refuses to create names that
 // start with ".wh." (the kernel allows them, and a later export turns them
-// into deletions).
+// into deletions), and it copies a lower file up at its first write, not
+// at an open for writing.
 
 // dirRenameCases are renames the kernel refuses with EXDEV.
 var dirRenameCases = []struct {
@@ -149,4 +150,47 @@ func TestDiffWhiteoutPrefixNames(t *testing.T) {
 			t.Errorf("upper has %s after the refused create", n)
 		}
 	}
+}
+
+// TestDiffCopyUpAtFirstWrite opens a lower file for writing and closes it
+// unwritten on both sides: the kernel copies it up at the open, unionmount
+// (opening files without the daemon, fs/noopen.go) leaves the upper as it
+// was. The merged views agree, and after a write through a descriptor
+// opened before it, so do the uppers.
+func TestDiffCopyUpAtFirstWrite(t *testing.T) {
+	p := newPair(t, defaultStack)
+	if p.peer.impl == "kernel" {
+		t.Skip("the peer is the kernel")
+	}
+	held := map[string]*os.File{}
+	for _, s := range []*side{p.ref, p.peer} {
+		f, err := os.OpenFile(filepath.Join(s.merged, "lower.txt"), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		held[s.name] = f
+		g, err := os.OpenFile(filepath.Join(s.merged, "lower.txt"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Close()
+	}
+	if _, err := os.Lstat(filepath.Join(p.ref.upper, "lower.txt")); err != nil {
+		t.Fatalf("the kernel did not copy up at the open (%v): the test tests nothing", err)
+	}
+	if _, err := os.Lstat(filepath.Join(p.peer.upper, "lower.txt")); !os.IsNotExist(err) {
+		t.Errorf("opens for writing without a write copied lower.txt up: %v", err)
+	}
+	k, u := p.snapMerged(t)
+	reportDiffs(t, "merged view after the opens", diffSnapshots(u, k, "kernel", cmpOpts{}), nil)
+	for _, s := range []*side{p.ref, p.peer} {
+		if _, err := held[s.name].WriteAt([]byte("W"), 3); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+	}
+	k, u = p.snapMerged(t)
+	reportDiffs(t, "merged view after the write", diffSnapshots(u, k, "kernel", cmpOpts{}), nil)
+	ku, uu := p.snapUpper(t)
+	reportDiffs(t, "upper after the write", diffSnapshots(uu, ku, "kernel", cmpOpts{ino: true}), nil)
 }
