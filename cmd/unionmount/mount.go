@@ -33,8 +33,10 @@ Other -o options: ro, rw, allow_other, default_permissions, userxattr, debug, lo
 fsname=NAME, timeout=SECONDS, volatile (no fsync at all, for throwaway uppers; an
 upper whose volatile mount crashed is refused afterwards), metacopy=on|off (on by
 default: chmod, chown, utimes and xattr changes of a file of 64 KiB or more copy
-up only its metadata, in kernel overlayfs's metacopy format), passthrough=on|off (on
-by default: as root the kernel reads and writes files in the upper itself); generic mount options
+up only its metadata, in kernel overlayfs's metacopy format), passthrough=on|off (on:
+as root the kernel reads and writes files in the upper itself, and every open goes
+through the daemon; by default the kernel opens files itself wherever it checks
+permissions, and passthrough is then off); generic mount options
 (nodev, noatime, nofail, ...) are ignored.
 
 As root, the mount is open to all users (allow_other) and the kernel checks
