@@ -355,30 +355,16 @@ var _ = (fusefs.NodeCopyFileRanger)((*Node)(nil))
 
 // CopyFileRange implements fusefs.NodeCopyFileRanger.
 func (n *Node) CopyFileRange(ctx context.Context, fhIn fusefs.FileHandle, offIn uint64, out *fusefs.Inode, fhOut fusefs.FileHandle, offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
-	in, ok := asHandle(fhIn)
-	if !ok && fhIn == nil {
-		// A file the kernel opened itself (noopen.go).
-		kf, done := n.kernelFile()
-		defer done()
-		h, err := kf.reading()
-		if err != nil {
-			return 0, errno(err)
-		}
-		in, ok = h, true
+	in, doneIn, err := n.fileFor(fhIn, false)
+	if err != nil {
+		return 0, errno(err)
 	}
-	o, ok2 := asHandle(fhOut)
-	if !ok2 && fhOut == nil {
-		kf, done := out.Operations().(*Node).kernelFile()
-		defer done()
-		h, err := kf.writingHeld()
-		if err != nil {
-			return 0, errno(err)
-		}
-		o, ok2 = h, true
+	defer doneIn()
+	o, doneOut, err := out.Operations().(*Node).fileFor(fhOut, true)
+	if err != nil {
+		return 0, errno(err)
 	}
-	if !ok || !ok2 {
-		return 0, syscall.EBADF
-	}
+	defer doneOut()
 	defer n.hold()()
 	wfd, err := o.writable()
 	if err != nil {

@@ -290,19 +290,39 @@ func (n *Node) unpin() {
 	}
 }
 
+// fileFor returns the handle serving a request on f, and what to call once
+// the request is done: f's own handle, or for a file the kernel opened
+// itself (f is nil), the node's kernelFile's handle for reading, or for
+// writing when write is set.
+func (n *Node) fileFor(f fusefs.FileHandle, write bool) (*handle, func(), error) {
+	if h, ok := asHandle(f); ok {
+		return h, func() {}, nil
+	}
+	if f != nil {
+		return nil, nil, syscall.EBADF
+	}
+	kf, done := n.kernelFile()
+	get := kf.reading
+	if write {
+		get = kf.writingHeld
+	}
+	h, err := get()
+	if err != nil {
+		done()
+		return nil, nil, err
+	}
+	return h, done, nil
+}
+
 var _ = (fusefs.NodeReader)((*Node)(nil))
 
 // Read implements fusefs.NodeReader.
 func (n *Node) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if h, ok := asHandle(f); ok {
-		return h.Read(ctx, dest, off)
-	}
-	kf, done := n.kernelFile()
-	defer done()
-	h, err := kf.reading()
+	h, done, err := n.fileFor(f, false)
 	if err != nil {
 		return nil, errno(err)
 	}
+	defer done()
 	return h.Read(ctx, dest, off)
 }
 
@@ -310,15 +330,11 @@ var _ = (fusefs.NodeWriter)((*Node)(nil))
 
 // Write implements fusefs.NodeWriter.
 func (n *Node) Write(ctx context.Context, f fusefs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	if h, ok := asHandle(f); ok {
-		return h.Write(ctx, data, off)
-	}
-	kf, done := n.kernelFile()
-	defer done()
-	h, err := kf.writingHeld()
+	h, done, err := n.fileFor(f, true)
 	if err != nil {
 		return 0, errno(err)
 	}
+	defer done()
 	return h.Write(ctx, data, off)
 }
 
@@ -326,15 +342,11 @@ var _ = (fusefs.NodeFsyncer)((*Node)(nil))
 
 // Fsync implements fusefs.NodeFsyncer.
 func (n *Node) Fsync(ctx context.Context, f fusefs.FileHandle, flags uint32) syscall.Errno {
-	if h, ok := asHandle(f); ok {
-		return h.Fsync(ctx, flags)
-	}
-	kf, done := n.kernelFile()
-	defer done()
-	h, err := kf.reading()
+	h, done, err := n.fileFor(f, false)
 	if err != nil {
 		return errno(err)
 	}
+	defer done()
 	return h.Fsync(ctx, flags)
 }
 
@@ -342,15 +354,11 @@ var _ = (fusefs.NodeAllocater)((*Node)(nil))
 
 // Allocate implements fusefs.NodeAllocater.
 func (n *Node) Allocate(ctx context.Context, f fusefs.FileHandle, off uint64, size uint64, mode uint32) syscall.Errno {
-	if h, ok := asHandle(f); ok {
-		return h.Allocate(ctx, off, size, mode)
-	}
-	kf, done := n.kernelFile()
-	defer done()
-	h, err := kf.writingHeld()
+	h, done, err := n.fileFor(f, true)
 	if err != nil {
 		return errno(err)
 	}
+	defer done()
 	return h.Allocate(ctx, off, size, mode)
 }
 
@@ -358,14 +366,10 @@ var _ = (fusefs.NodeLseeker)((*Node)(nil))
 
 // Lseek implements fusefs.NodeLseeker (SEEK_DATA and SEEK_HOLE).
 func (n *Node) Lseek(ctx context.Context, f fusefs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
-	if h, ok := asHandle(f); ok {
-		return h.Lseek(ctx, off, whence)
-	}
-	kf, done := n.kernelFile()
-	defer done()
-	h, err := kf.reading()
+	h, done, err := n.fileFor(f, false)
 	if err != nil {
 		return 0, errno(err)
 	}
+	defer done()
 	return h.Lseek(ctx, off, whence)
 }
