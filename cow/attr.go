@@ -72,19 +72,21 @@ type Attr struct {
 }
 
 // Setattr changes the attributes of o at rel, copying it up first: only
-// its metadata unless the size changes (metacopy.go).
-func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
+// its metadata unless the size changes (metacopy.go). It returns o as it
+// is now and its attributes after the change, as Stat would.
+func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, unix.Stat_t, error) {
+	var st unix.Stat_t
 	if a.Size == nil && !o.Layer.upper {
 		c, err := s.CopyUpMeta(o, rel)
 		if err != nil {
-			return nil, err
+			return nil, st, err
 		}
 		o = c
 	} else if a.Size != nil && !o.DataUpper() {
 		// Truncating to zero needs no data.
 		c, err := s.CopyUp(o, rel, *a.Size != 0)
 		if err != nil {
-			return nil, err
+			return nil, st, err
 		}
 		o = c
 	}
@@ -94,8 +96,21 @@ func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
 		defer unlock()
 	}
 	u := o.Layer
-	rel = o.loc(rel)
-	isLink := o.Mode&unix.S_IFMT == unix.S_IFLNK
+	loc := o.loc(rel)
+	// One walk to the parent serves every change and the stat after.
+	err := u.in(loc, func(d int, name string) error {
+		return setattrAt(d, name, o.Mode&unix.S_IFMT == unix.S_IFLNK, a, &st)
+	})
+	if err != nil {
+		return nil, st, u.err("setattr", loc, err)
+	}
+	s.FixStat(o, &st)
+	return o, st, nil
+}
+
+// setattrAt makes the changes a to name in the directory dirfd, not
+// following a symlink, and then reads its attributes into st.
+func setattrAt(dirfd int, name string, isLink bool, a Attr, st *unix.Stat_t) error {
 	if a.UID != nil || a.GID != nil {
 		uid, gid := -1, -1
 		if a.UID != nil {
@@ -104,29 +119,26 @@ func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
 		if a.GID != nil {
 			gid = int(*a.GID)
 		}
-		if err := u.in(rel, func(d int, n string) error { return unix.Fchownat(d, n, uid, gid, unix.AT_SYMLINK_NOFOLLOW) }); err != nil {
-			return nil, u.err("chown", rel, err)
+		if err := unix.Fchownat(dirfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("chown: %w", err)
 		}
 	}
 	if a.Mode != nil && !isLink {
-		if err := u.in(rel, func(d int, n string) error { return unix.Fchmodat(d, n, *a.Mode&0o7777, 0) }); err != nil {
-			return nil, u.err("chmod", rel, err)
+		if err := unix.Fchmodat(dirfd, name, *a.Mode&0o7777, 0); err != nil {
+			return fmt.Errorf("chmod: %w", err)
 		}
 	}
 	if a.Size != nil {
-		var err error
-		if a.FromHandle >= 0 {
-			err = unix.Ftruncate(a.FromHandle, int64(*a.Size))
-		} else {
-			var fd int
-			fd, err = u.open(rel, unix.O_WRONLY, 0)
-			if err == nil {
-				err = unix.Ftruncate(fd, int64(*a.Size))
-				unix.Close(fd)
+		fd := a.FromHandle
+		if fd < 0 {
+			var err error
+			if fd, err = unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+				return fmt.Errorf("truncate: %w", err)
 			}
+			defer unix.Close(fd)
 		}
-		if err != nil {
-			return nil, u.err("truncate", rel, err)
+		if err := unix.Ftruncate(fd, int64(*a.Size)); err != nil {
+			return fmt.Errorf("truncate: %w", err)
 		}
 	}
 	if a.Atime != nil || a.Mtime != nil {
@@ -137,11 +149,11 @@ func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, error) {
 		if a.Mtime != nil {
 			ts[1] = *a.Mtime
 		}
-		if err := u.setTimes(rel, ts); err != nil {
-			return nil, u.err("utimes", rel, err)
+		if err := unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("utimes: %w", err)
 		}
 	}
-	return o, nil
+	return unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // Getxattr reads the xattr name of o at rel; the union's own are absent.
@@ -260,7 +272,7 @@ func (s *Stack) Tmpfile(dir *Object, rel string, flags int, mode uint32, who Own
 		unix.Close(fd)
 		return -1, nil, err
 	}
-	return fd, &Object{Layer: s.upper, Mode: st.Mode, Ino: st.Ino | s.upper.inoHigh}, nil
+	return fd, s.createdObject(&st), nil
 }
 
 // LinkTmpfile gives the O_TMPFILE file open as fd (the object o) the name

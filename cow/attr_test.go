@@ -68,7 +68,7 @@ func TestSetattrTruncateCopiesNoData(t *testing.T) {
 	ts := newTestStack(t, nil, []entry{file("f", "some data").withMode(0o640)})
 	o := ts.mustLookup(t, "f")
 	zero := uint64(0)
-	c, err := ts.Setattr(o, "f", Attr{Size: &zero, FromHandle: -1})
+	c, _, err := ts.Setattr(o, "f", Attr{Size: &zero, FromHandle: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,6 +78,46 @@ func TestSetattrTruncateCopiesNoData(t *testing.T) {
 	}
 	if st.Size != 0 || st.Mode != unix.S_IFREG|0o640 || st.Ino != o.Ino || !c.Upper() {
 		t.Errorf("size %d mode %o ino %d upper %v, want 0, 0640, %d, true", st.Size, st.Mode, st.Ino, c.Upper(), o.Ino)
+	}
+}
+
+// The attributes Setattr returns are those Stat gives after the change,
+// merged inode number and blocks included, for a lower file copied up by
+// the change, a metadata-only copy, then the upper file and a symlink.
+func TestSetattrReturnsTheNewAttributes(t *testing.T) {
+	ts := newMetaStack(t, append(bigLower(), file("f", "some data").withMode(0o640), symlink("l", "f")))
+	mode, size := uint32(0o600), uint64(4)
+	at := unix.Timespec{Sec: 1700000000, Nsec: 5}
+	for _, tc := range []struct {
+		rel string
+		a   Attr
+	}{
+		{"f", Attr{Mode: &mode}},
+		{"f", Attr{Size: &size}},
+		{"d/f", Attr{Mode: &mode}},
+		{"f", Attr{Atime: &at, Mtime: &at}},
+		{"f", Attr{Mode: &mode, Size: &size}},
+		{"l", Attr{Mtime: &at}},
+	} {
+		tc.a.FromHandle = -1
+		o := ts.mustLookup(t, tc.rel)
+		c, got, err := ts.Setattr(o, tc.rel, tc.a)
+		if err != nil {
+			t.Fatalf("%s %+v: %v", tc.rel, tc.a, err)
+		}
+		want, err := ts.Stat(c, tc.rel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("%s %+v: Setattr returned %+v, Stat gives %+v", tc.rel, tc.a, got, want)
+		}
+		if got.Ino != o.Ino {
+			t.Errorf("%s: inode %d, want the merged %d", tc.rel, got.Ino, o.Ino)
+		}
+	}
+	if c := ts.mustLookup(t, "d/f"); !c.Metacopy() || !c.Upper() {
+		t.Errorf("d/f: metacopy %v upper %v, want a metadata-only copy", c.Metacopy(), c.Upper())
 	}
 }
 

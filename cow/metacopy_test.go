@@ -103,21 +103,24 @@ func TestMetacopyChangesOfMetadata(t *testing.T) {
 		check func(t *testing.T, st *unix.Stat_t, xattrs []string)
 	}{
 		{"chmod", false, func(ts *testStack, o *Object) (*Object, error) {
-			return ts.Setattr(o, "d/f", Attr{Mode: &mode, FromHandle: -1})
+			c, _, err := ts.Setattr(o, "d/f", Attr{Mode: &mode, FromHandle: -1})
+			return c, err
 		}, func(t *testing.T, st *unix.Stat_t, _ []string) {
 			if st.Mode&0o7777 != mode {
 				t.Errorf("mode %o, want %o", st.Mode&0o7777, mode)
 			}
 		}},
 		{"chown", true, func(ts *testStack, o *Object) (*Object, error) {
-			return ts.Setattr(o, "d/f", Attr{UID: &uid, GID: &gid, FromHandle: -1})
+			c, _, err := ts.Setattr(o, "d/f", Attr{UID: &uid, GID: &gid, FromHandle: -1})
+			return c, err
 		}, func(t *testing.T, st *unix.Stat_t, _ []string) {
 			if st.Uid != uid || st.Gid != gid {
 				t.Errorf("owner %d:%d, want %d:%d", st.Uid, st.Gid, uid, gid)
 			}
 		}},
 		{"utimes", false, func(ts *testStack, o *Object) (*Object, error) {
-			return ts.Setattr(o, "d/f", Attr{Atime: &at, Mtime: &at, FromHandle: -1})
+			c, _, err := ts.Setattr(o, "d/f", Attr{Atime: &at, Mtime: &at, FromHandle: -1})
+			return c, err
 		}, func(t *testing.T, st *unix.Stat_t, _ []string) {
 			if st.Mtim != at || st.Atim != at {
 				t.Errorf("times %v %v, want %v", st.Atim, st.Mtim, at)
@@ -199,7 +202,7 @@ func TestMetacopyChangesOfMetadata(t *testing.T) {
 func TestMetacopyOnlyWhenAllowed(t *testing.T) {
 	mode := uint32(0o600)
 	ts := newMetaStack(t, bigLower())
-	if _, err := ts.Setattr(ts.mustLookup(t, "d/small"), "d/small", Attr{Mode: &mode, FromHandle: -1}); err != nil {
+	if _, _, err := ts.Setattr(ts.mustLookup(t, "d/small"), "d/small", Attr{Mode: &mode, FromHandle: -1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := getxattrPath(filepath.Join(ts.upper, "d/small"), ts.metacopyXattr()); err == nil {
@@ -211,7 +214,7 @@ func TestMetacopyOnlyWhenAllowed(t *testing.T) {
 
 	ts.cfg.Metacopy = false
 	ts.open(t)
-	if _, err := ts.Setattr(ts.mustLookup(t, "d/f"), "d/f", Attr{Mode: &mode, FromHandle: -1}); err != nil {
+	if _, _, err := ts.Setattr(ts.mustLookup(t, "d/f"), "d/f", Attr{Mode: &mode, FromHandle: -1}); err != nil {
 		t.Fatal(err)
 	}
 	assertFull(t, ts, "d/f")
@@ -224,7 +227,7 @@ func TestMetacopyOnlyWhenAllowed(t *testing.T) {
 func chmodMeta(t *testing.T, ts *testStack, rel string) *Object {
 	t.Helper()
 	mode := uint32(0o640)
-	c, err := ts.Setattr(ts.mustLookup(t, rel), rel, Attr{Mode: &mode, FromHandle: -1})
+	c, _, err := ts.Setattr(ts.mustLookup(t, rel), rel, Attr{Mode: &mode, FromHandle: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +265,7 @@ func TestMetacopyFirstChangeOfData(t *testing.T) {
 		}, nil},
 		{"truncate", func(t *testing.T, ts *testStack, o *Object) *Object {
 			size := uint64(4096)
-			c, err := ts.Setattr(o, "d/f", Attr{Size: &size, FromHandle: -1})
+			c, _, err := ts.Setattr(o, "d/f", Attr{Size: &size, FromHandle: -1})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -395,7 +398,7 @@ func TestMetacopyCommit(t *testing.T) {
 	// A second change of metadata copies the committed placeholder's
 	// metadata; the data stays in the bottom layer.
 	mode := uint32(0o604)
-	c, err := ts.Setattr(ts.mustLookup(t, "d/f"), "d/f", Attr{Mode: &mode, FromHandle: -1})
+	c, _, err := ts.Setattr(ts.mustLookup(t, "d/f"), "d/f", Attr{Mode: &mode, FromHandle: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,7 +459,7 @@ func TestSameData(t *testing.T) {
 	ts := newMetaStack(t, bigLower())
 	low := ts.mustLookup(t, "d/f")
 	mode := uint32(0o600)
-	meta, err := ts.Setattr(low, "d/f", Attr{Mode: &mode, FromHandle: -1})
+	meta, _, err := ts.Setattr(low, "d/f", Attr{Mode: &mode, FromHandle: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

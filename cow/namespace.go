@@ -43,14 +43,14 @@ func (s *Stack) newEntry(dir *Object, dirRel, name string, isDir bool,
 	s.ns.Lock()
 	defer s.ns.Unlock()
 	rel := join(dirRel, name)
-	st, err := s.upper.lstat(rel)
-	switch {
-	case err == nil && !isWhiteout(&st):
-		return s.upper.err("create", rel, unix.EEXIST)
-	case err != nil && !errors.Is(err, unix.ENOENT):
+	// Built in place unless the name is taken in the upper, by another
+	// object or by a whiteout.
+	err := s.upper.in(rel, func(d int, n string) error { return build(d, n, false) })
+	if !errors.Is(err, unix.EEXIST) {
 		return err
-	case err != nil:
-		return s.upper.in(rel, func(d int, n string) error { return build(d, n, false) })
+	}
+	if st, err := s.upper.lstat(rel); err != nil || !isWhiteout(&st) {
+		return s.upper.err("create", rel, unix.EEXIST)
 	}
 	tmp := s.tmpName()
 	if err := build(s.work.fd, tmp, true); err != nil {
@@ -64,8 +64,9 @@ func (s *Stack) newEntry(dir *Object, dirRel, name string, isDir bool,
 }
 
 // Create creates and opens a regular file name in the merged directory dir
-// at dirRel. flags are open(2) flags.
-func (s *Stack) Create(dir *Object, dirRel, name string, flags int, mode uint32, who Owner) (int, *Object, error) {
+// at dirRel. flags are open(2) flags. It returns the descriptor, the new
+// object and its attributes, as Stat would.
+func (s *Stack) Create(dir *Object, dirRel, name string, flags int, mode uint32, who Owner) (int, *Object, unix.Stat_t, error) {
 	flags = flags&^(unix.O_TRUNC|unix.O_EXCL) | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC | unix.O_NOFOLLOW
 	fd := -1
 	err := s.newEntry(dir, dirRel, name, false, func(d int, n string, over bool) error {
@@ -80,25 +81,32 @@ func (s *Stack) Create(dir *Object, dirRel, name string, flags int, mode uint32,
 		}
 		return nil
 	})
+	var st unix.Stat_t
 	if err != nil {
-		return -1, nil, err
+		return -1, nil, st, err
 	}
-	o, err := s.newObject(join(dirRel, name))
-	if err != nil {
+	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return -1, nil, err
+		return -1, nil, st, s.upper.err("stat", join(dirRel, name), err)
 	}
-	return fd, o, nil
+	o := s.createdObject(&st)
+	s.FixStat(o, &st)
+	return fd, o, st, nil
 }
 
-// newObject returns the object just created at rel in the upper; being
-// new, it carries no inode number from a lower.
+// newObject returns the object just created at rel in the upper.
 func (s *Stack) newObject(rel string) (*Object, error) {
 	st, err := s.upper.lstat(rel)
 	if err != nil {
 		return nil, err
 	}
-	return &Object{Layer: s.upper, Mode: st.Mode, Ino: st.Ino | s.upper.inoHigh}, nil
+	return s.createdObject(&st), nil
+}
+
+// createdObject returns the object with attributes st just created in the
+// upper; being new, it carries no inode number from a lower.
+func (s *Stack) createdObject(st *unix.Stat_t) *Object {
+	return &Object{Layer: s.upper, Mode: st.Mode, Ino: st.Ino | s.upper.inoHigh}
 }
 
 // chownNew gives a new object the caller as owner. As the kernel does, a
@@ -109,7 +117,13 @@ func (s *Stack) chownNew(dirfd int, name, dirRel string, who Owner, isDir, moved
 	if !s.root {
 		return nil
 	}
-	pst, err := s.upper.lstat(dirRel)
+	var pst unix.Stat_t
+	var err error
+	if moved {
+		pst, err = s.upper.lstat(dirRel)
+	} else {
+		err = unix.Fstat(dirfd, &pst) // the parent itself
+	}
 	if err != nil {
 		return err
 	}

@@ -12,11 +12,15 @@ import (
 func (ts *testStack) create(t *testing.T, rel, data string, who Owner) *Object {
 	t.Helper()
 	dir, dirRel, name, _ := ts.at(t, rel)
-	fd, o, err := ts.Create(dir, dirRel, name, unix.O_RDWR, 0o640, who)
+	fd, o, st, err := ts.Create(dir, dirRel, name, unix.O_RDWR, 0o640, who)
 	if err != nil {
 		t.Fatalf("create %s: %v", rel, err)
 	}
 	defer unix.Close(fd)
+	// The attributes Create returns are those of the new file.
+	if want, err := ts.Stat(o, rel); err != nil || st != want {
+		t.Fatalf("create %s: returned attributes %+v, Stat gives %+v (%v)", rel, st, want, err)
+	}
 	if _, err := unix.Write(fd, []byte(data)); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +95,7 @@ func TestCreate(t *testing.T) {
 func TestCreateExisting(t *testing.T) {
 	ts := newTestStack(t, []entry{file("a", "up")}, nil)
 	root := ts.mustLookup(t, "")
-	_, _, err := ts.Create(root, "", "a", unix.O_RDWR, 0o644, Owner{})
+	_, _, _, err := ts.Create(root, "", "a", unix.O_RDWR, 0o644, Owner{})
 	wantErrno(t, err, unix.EEXIST)
 	if got := ts.read(t, "a"); got != "up" {
 		t.Errorf("a is %q, want %q", got, "up")
@@ -316,7 +320,7 @@ func TestReservedNames(t *testing.T) {
 	root := ts.mustLookup(t, "")
 	f := ts.mustLookup(t, "f")
 	for _, name := range []string{".wh.x", ".wh..wh..opq"} {
-		_, _, err := ts.Create(root, "", name, unix.O_RDWR, 0o644, Owner{})
+		_, _, _, err := ts.Create(root, "", name, unix.O_RDWR, 0o644, Owner{})
 		wantErrno(t, err, unix.EINVAL)
 		_, err = ts.Make(root, "", name, NewObject{Mode: unix.S_IFDIR | 0o755}, Owner{})
 		wantErrno(t, err, unix.EINVAL)
@@ -339,7 +343,7 @@ func TestReadOnlyStack(t *testing.T) {
 	}
 	ops := map[string]func() error{
 		"Create": func() error {
-			_, _, err := ts.Create(root, "", "n", unix.O_RDWR, 0o644, Owner{})
+			_, _, _, err := ts.Create(root, "", "n", unix.O_RDWR, 0o644, Owner{})
 			return err
 		},
 		"Make": func() error {
@@ -372,7 +376,7 @@ func TestReadOnlyStack(t *testing.T) {
 		},
 		"Setattr": func() error {
 			m := uint32(0o600)
-			_, err := ts.Setattr(f, "f", Attr{Mode: &m, FromHandle: -1})
+			_, _, err := ts.Setattr(f, "f", Attr{Mode: &m, FromHandle: -1})
 			return err
 		},
 		"Setxattr": func() error {

@@ -37,7 +37,7 @@ func TestChangesStayInsideTheLayer(t *testing.T) {
 	}{
 		{"unlink", ts.Unlink(dir, dirRel, "x", x)},
 		{"create", func() error {
-			fd, _, err := ts.Create(dir, dirRel, "new", unix.O_WRONLY, 0o644, Owner{})
+			fd, _, _, err := ts.Create(dir, dirRel, "new", unix.O_WRONLY, 0o644, Owner{})
 			if err == nil {
 				unix.Close(fd)
 			}
@@ -47,7 +47,7 @@ func TestChangesStayInsideTheLayer(t *testing.T) {
 			_, err := ts.Make(dir, dirRel, "d", NewObject{Mode: unix.S_IFDIR | 0o755}, Owner{})
 			return err
 		}()},
-		{"chmod", func() error { _, err := ts.Setattr(x, "a/x", Attr{Mode: &mode, FromHandle: -1}); return err }()},
+		{"chmod", func() error { _, _, err := ts.Setattr(x, "a/x", Attr{Mode: &mode, FromHandle: -1}); return err }()},
 		{"rename", func() error {
 			_, err := ts.Rename(dir, dirRel, "x", x, dir, dirRel, "z", nil, 0)
 			return err
@@ -98,7 +98,7 @@ func TestCreateInSetgidDir(t *testing.T) {
 	}
 	dir := ts.mustLookup(t, "g")
 	for _, name := range []string{"nf", "wf"} {
-		fd, _, err := ts.Create(dir, "g", name, unix.O_WRONLY, 0o644, Owner{UID: 0, GID: 0})
+		fd, _, _, err := ts.Create(dir, "g", name, unix.O_WRONLY, 0o644, Owner{UID: 0, GID: 0})
 		if err != nil {
 			t.Fatal(err)
 		}

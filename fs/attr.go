@@ -79,7 +79,7 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	}
 	a.Atime = timespec(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec)
 	a.Mtime = timespec(in.Valid, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec)
-	c, err := n.st.Setattr(o, rel, a)
+	c, st, err := n.st.Setattr(o, rel, a)
 	if err != nil {
 		return errno(err)
 	}
@@ -96,10 +96,10 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 				return errno(err)
 			}
 		}
-	}
-	st, err := n.st.Stat(c, rel)
-	if err != nil {
-		return errno(err)
+		// Removing privileges may have changed the mode.
+		if st, err = n.st.Stat(c, rel); err != nil {
+			return errno(err)
+		}
 	}
 	fillAttr(&out.Attr, &st)
 	out.SetTimeout(n.ttl)

@@ -264,16 +264,13 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if e != 0 {
 		return nil, nil, 0, e
 	}
-	fd, o, err := n.st.Create(dir, rel, name, int(flags)&^unix.O_DIRECT, mode, owner(ctx))
+	fd, o, st, err := n.st.Create(dir, rel, name, int(flags)&^unix.O_DIRECT, mode, owner(ctx))
 	if err != nil {
 		return nil, nil, 0, errno(err)
 	}
 	n.dirCopiedUp(dir)
-	ch, e := n.entry(ctx, name, join(rel, name), o, out)
-	if e != 0 {
-		unix.Close(fd)
-		return nil, nil, 0, e
-	}
+	fillAttr(&out.Attr, &st)
+	ch := n.child(ctx, name, o)
 	node := ch.Operations().(*Node)
 	// A new file has no security.capability; see killPriv.
 	node.noPrivs.Store(out.Attr.Mode&(unix.S_ISUID|unix.S_ISGID) == 0)

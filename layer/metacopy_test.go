@@ -62,7 +62,7 @@ func TestWriteMetacopy(t *testing.T) {
 	}
 	mode := uint32(0o600)
 	_, f := lookup("d/f")
-	if c, err := st.Setattr(f, "d/f", cow.Attr{Mode: &mode, FromHandle: -1}); err != nil || !c.Metacopy() {
+	if c, _, err := st.Setattr(f, "d/f", cow.Attr{Mode: &mode, FromHandle: -1}); err != nil || !c.Metacopy() {
 		t.Fatalf("chmod: %v (metacopy: %v)", err, c != nil && c.Metacopy())
 	}
 	d, g := lookup("d/g")
