@@ -27,14 +27,27 @@ type Cache struct {
 	// Timeout is how long the kernel keeps names, attributes and failed
 	// lookups without asking again.
 	Timeout time.Duration
-	// NoPassthrough keeps all file data going through the daemon, where
-	// otherwise the kernel reads and writes files in the upper itself
-	// (passthrough.go).
-	NoPassthrough bool
-	// Passthrough prefers passthrough to opens without the daemon
-	// (noopen.go) on a writable union: the kernel cannot have both.
-	Passthrough bool
+	// Passthrough says whether the kernel reads and writes files in the
+	// upper itself (passthrough.go).
+	Passthrough Passthrough
 }
+
+// Passthrough is the choice between passthrough (passthrough.go) and
+// opens without the daemon (noopen.go): the kernel cannot have both for a
+// file.
+type Passthrough int
+
+const (
+	// PassthroughAuto opens files without the daemon where the kernel
+	// checks permissions itself and caches are on, and otherwise uses
+	// passthrough where the kernel has it.
+	PassthroughAuto Passthrough = iota
+	// PassthroughOn uses passthrough where the kernel has it, and every
+	// open reaches the daemon.
+	PassthroughOn
+	// PassthroughOff keeps all file data going through the daemon.
+	PassthroughOff
+)
 
 // DefaultCache is the caching policy for layers that do not change while
 // mounted.
@@ -81,14 +94,14 @@ func Mount(mountpoint string, st *cow.Stack, mo fuse.MountOptions, cache Cache) 
 	// A mount the kernel keeps read-only (noopen.go relies on it to
 	// refuse every write: no OPEN would reach the daemon to refuse it).
 	readOnly := mo.DirectMountFlags&unix.MS_RDONLY != 0 || slices.Contains(mo.Options, "ro")
-	noPassthrough := cache.NoPassthrough
+	noPassthrough := cache.Passthrough == PassthroughOff
 	if rootNode.keep {
 		ol := newOpenless(raw, &rootNode.reg.openless)
 		raw = ol
 		tr.onInit = ol.init
 		// Files open without the daemon where the kernel checks
 		// permissions itself (noopen.go).
-		if readOnly || slices.Contains(mo.Options, "default_permissions") && !cache.Passthrough {
+		if readOnly || slices.Contains(mo.Options, "default_permissions") && cache.Passthrough != PassthroughOn {
 			no := newNoOpen(raw, &rootNode.reg.noOpen)
 			raw = no
 			tr.onInit = func(kernel uint64) { ol.init(kernel); no.init(kernel) }

@@ -115,10 +115,14 @@ func (o *Options) Parse(args []string, mountOpts []string) error {
 			case key == "log" && hasVal:
 				o.Log = unescape(val)
 			case key == "passthrough" && hasVal:
-				if o.Cache.NoPassthrough, err = off(opt, val); err != nil {
+				no, err := off(opt, val)
+				if err != nil {
 					return err
 				}
-				o.Cache.Passthrough = !o.Cache.NoPassthrough
+				o.Cache.Passthrough = fs.PassthroughOn
+				if no {
+					o.Cache.Passthrough = fs.PassthroughOff
+				}
 			case key == "metacopy" && hasVal:
 				if o.NoMetacopy, err = off(opt, val); err != nil {
 					return err

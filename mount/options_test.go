@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/unionmount/unionmount/fs"
 )
 
 func TestSplitLowers(t *testing.T) {
@@ -110,6 +112,19 @@ func TestParse(t *testing.T) {
 			opts: []string{"metacopy=off", "metacopy=on"},
 			want: Options{Lowers: []string{"l"}, Upper: "u", Mountpoint: "m"},
 		},
+		{
+			name: "passthrough on",
+			args: []string{"l", "u", "m"},
+			opts: []string{"passthrough=on"},
+			want: Options{Lowers: []string{"l"}, Upper: "u", Mountpoint: "m", Cache: fs.Cache{Passthrough: fs.PassthroughOn}},
+		},
+		{
+			name: "last passthrough wins",
+			args: []string{"l", "u", "m"},
+			opts: []string{"passthrough=on", "passthrough=off"},
+			want: Options{Lowers: []string{"l"}, Upper: "u", Mountpoint: "m", Cache: fs.Cache{Passthrough: fs.PassthroughOff}},
+		},
+		{name: "passthrough value", args: []string{"l", "m"}, opts: []string{"passthrough=1"}, wantErr: "want on or off"},
 		{name: "metacopy value", args: []string{"l", "m"}, opts: []string{"metacopy=yes"}, wantErr: "want on or off"},
 		{name: "unknown option", args: []string{"l", "m"}, opts: []string{"squash_to_root"}, wantErr: `unknown mount option "squash_to_root"`},
 		{name: "unknown key", args: []string{"l", "m"}, opts: []string{"uidmapping=0:1:1"}, wantErr: "unknown mount option"},
