@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -63,12 +64,43 @@ func (s *Stack) Readlink(o *Object, rel string) (string, error) {
 
 // Attr is a change of attributes; nil fields stay as they are.
 type Attr struct {
-	Mode       *uint32
-	UID, GID   *uint32
-	Size       *uint64
-	Atime      *unix.Timespec // may be UTIME_NOW
-	Mtime      *unix.Timespec
-	FromHandle int // an open writable descriptor of the object to use, or -1
+	Mode     *uint32
+	UID, GID *uint32
+	Size     *uint64
+	Atime    *unix.Timespec // may be UTIME_NOW
+	Mtime    *unix.Timespec
+	// FromHandle is a descriptor open on the object's file in the upper
+	// (for writing, if the size changes) to make the changes through, or
+	// -1.
+	FromHandle int
+}
+
+// owner returns the owner and group to set, -1 for those that stay.
+func (a *Attr) owner() (uid, gid int) {
+	uid, gid = -1, -1
+	if a.UID != nil {
+		uid = int(*a.UID)
+	}
+	if a.GID != nil {
+		gid = int(*a.GID)
+	}
+	return uid, gid
+}
+
+// times returns the atime and mtime to set, UTIME_OMIT for one that stays,
+// or nil.
+func (a *Attr) times() []unix.Timespec {
+	if a.Atime == nil && a.Mtime == nil {
+		return nil
+	}
+	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+	if a.Atime != nil {
+		ts[0] = *a.Atime
+	}
+	if a.Mtime != nil {
+		ts[1] = *a.Mtime
+	}
+	return ts
 }
 
 // Setattr changes the attributes of o at rel, copying it up first: only
@@ -97,10 +129,15 @@ func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, unix.Stat_t, er
 	}
 	u := o.Layer
 	loc := o.loc(rel)
-	// One walk to the parent serves every change and the stat after.
-	err := u.in(loc, func(d int, name string) error {
-		return setattrAt(d, name, o.Mode&unix.S_IFMT == unix.S_IFLNK, a, &st)
-	})
+	var err error
+	if a.FromHandle >= 0 && o.DataUpper() {
+		err = setattrFD(a.FromHandle, a, &st)
+	} else {
+		// One walk to the parent serves every change and the stat after.
+		err = u.in(loc, func(d int, name string) error {
+			return setattrAt(d, name, o.Mode&unix.S_IFMT == unix.S_IFLNK, a, &st)
+		})
+	}
 	if err != nil {
 		return nil, st, u.err("setattr", loc, err)
 	}
@@ -112,13 +149,7 @@ func (s *Stack) Setattr(o *Object, rel string, a Attr) (*Object, unix.Stat_t, er
 // following a symlink, and then reads its attributes into st.
 func setattrAt(dirfd int, name string, isLink bool, a Attr, st *unix.Stat_t) error {
 	if a.UID != nil || a.GID != nil {
-		uid, gid := -1, -1
-		if a.UID != nil {
-			uid = int(*a.UID)
-		}
-		if a.GID != nil {
-			gid = int(*a.GID)
-		}
+		uid, gid := a.owner()
 		if err := unix.Fchownat(dirfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fmt.Errorf("chown: %w", err)
 		}
@@ -129,31 +160,59 @@ func setattrAt(dirfd int, name string, isLink bool, a Attr, st *unix.Stat_t) err
 		}
 	}
 	if a.Size != nil {
-		fd := a.FromHandle
-		if fd < 0 {
-			var err error
-			if fd, err = unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
-				return fmt.Errorf("truncate: %w", err)
-			}
-			defer unix.Close(fd)
+		fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("truncate: %w", err)
 		}
-		if err := unix.Ftruncate(fd, int64(*a.Size)); err != nil {
+		err = unix.Ftruncate(fd, int64(*a.Size))
+		unix.Close(fd)
+		if err != nil {
 			return fmt.Errorf("truncate: %w", err)
 		}
 	}
-	if a.Atime != nil || a.Mtime != nil {
-		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
-		if a.Atime != nil {
-			ts[0] = *a.Atime
-		}
-		if a.Mtime != nil {
-			ts[1] = *a.Mtime
-		}
+	if ts := a.times(); ts != nil {
 		if err := unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fmt.Errorf("utimes: %w", err)
 		}
 	}
 	return unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// setattrFD makes the changes a to the regular file open as fd, and then
+// reads its attributes into st.
+func setattrFD(fd int, a Attr, st *unix.Stat_t) error {
+	if a.UID != nil || a.GID != nil {
+		uid, gid := a.owner()
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+	}
+	if a.Mode != nil {
+		if err := unix.Fchmod(fd, *a.Mode&0o7777); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	if a.Size != nil {
+		if err := unix.Ftruncate(fd, int64(*a.Size)); err != nil {
+			return fmt.Errorf("truncate: %w", err)
+		}
+	}
+	if ts := a.times(); ts != nil {
+		if err := futimens(fd, ts); err != nil {
+			return fmt.Errorf("utimes: %w", err)
+		}
+	}
+	return unix.Fstat(fd, st)
+}
+
+// futimens sets the times of the file open as fd: utimensat(2) with a
+// NULL path, which golang.org/x/sys has no call for.
+func futimens(fd int, ts []unix.Timespec) error {
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // Getxattr reads the xattr name of o at rel; the union's own are absent.

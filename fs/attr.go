@@ -79,7 +79,7 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	}
 	a.Atime = timespec(in.Valid, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec)
 	a.Mtime = timespec(in.Valid, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec)
-	c, st, err := n.st.Setattr(o, rel, a)
+	c, st, err := n.setattr(o, rel, a)
 	if err != nil {
 		return errno(err)
 	}
@@ -104,6 +104,26 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	fillAttr(&out.Attr, &st)
 	out.SetTimeout(n.ttl)
 	return 0
+}
+
+// setattr makes the changes a to n's object o at rel: through the
+// descriptor of a file open for writing in the upper when n has one, which
+// spares the walk to it (a tar extracting a file sets its times, owner and
+// mode while it has it open).
+func (n *Node) setattr(o *cow.Object, rel string, a cow.Attr) (*cow.Object, unix.Stat_t, error) {
+	if a.FromHandle < 0 {
+		n.mu.Lock()
+		h := n.open.writer
+		n.mu.Unlock()
+		if h != nil {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if h.fd >= 0 && h.inUpper() {
+				a.FromHandle = h.fd
+			}
+		}
+	}
+	return n.st.Setattr(o, rel, a)
 }
 
 func timespec(valid, set, now uint32, sec uint64, nsec uint32) *unix.Timespec {

@@ -54,6 +54,9 @@ type openCount struct {
 	ptOthers int
 	// daemonOnce is set once the node had a handle through the daemon.
 	daemonOnce bool
+	// writer is a handle open for writing on the node's file in the
+	// upper, for changes of attributes to go through (attr.go), or nil.
+	writer *handle
 }
 
 // ptHandle is a handle whose reads and writes the kernel does itself, on
@@ -111,6 +114,9 @@ func (n *Node) opened(ctx context.Context, h *handle, flags uint32, dataUpper, f
 		pt = fresh || singleLink(fd)
 	}
 	h.pt, h.other = pt, pt && other
+	if write && h.upper {
+		n.open.writer = h
+	}
 	if !pt {
 		n.open.daemon++
 		n.open.daemonOnce = true
@@ -139,6 +145,9 @@ func unlinked(fd int) bool {
 func (n *Node) closed(h *handle) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.open.writer == h {
+		n.open.writer = nil
+	}
 	switch {
 	case !h.pt:
 		n.open.daemon--
