@@ -395,6 +395,7 @@ func TestImageRootless(t *testing.T) {
 	needRoot(t) // to become the unprivileged user
 	needFUSE(t)
 	needTools(t, "umoci", "fusermount3")
+	needFUSEDevice(t) // the user mounts through fusermount3
 	root := permSharedDir(t)
 	exe := permCopyExe(t, binary, root, "unionmount")
 	work := filepath.Join(root, "user")
