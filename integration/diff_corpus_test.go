@@ -18,6 +18,9 @@ func opAppend(p, d string) op         { return op{kind: "append", path: p, data:
 func opTruncWrite(p, d string) op     { return op{kind: "truncwrite", path: p, data: d} }
 func opTruncate(p string, n int64) op { return op{kind: "truncate", path: p, off: n} }
 func opRead(p string) op              { return op{kind: "read", path: p} }
+func opExtract(p, d string, t int64, u, g int, m uint32) op {
+	return op{kind: "extract", path: p, data: d, off: t, uid: u, gid: g, mode: m}
+}
 func opStat(p string) op              { return op{kind: "stat", path: p} }
 func opReaddir(p string) op           { return op{kind: "readdir", path: p} }
 func opUnlink(p string) op            { return op{kind: "unlink", path: p} }
@@ -56,6 +59,11 @@ var corpus = []scenario{
 	{"write-past-end", []op{opWrite("lower.txt", 100, "far"), opStat("lower.txt")}},
 	{"openwrite-creat-existing", []op{opOpenWrite("lower.txt", 3, "Q"), opRead("lower.txt"), opOpenWrite("d/f", 0, "W")}},
 	{"append-lower", []op{opAppend("lower.txt", "more\n"), opAppend("empty.txt", "x"), opRead("lower.txt")}},
+	// What tar does to each file: write it, then set times, owner and
+	// mode by name while it is open.
+	{"extract-new", []op{opExtract("new.txt", "new data\n", 5000, 1234, 5678, 0o644), opStat("new.txt"), opRead("new.txt")}},
+	{"extract-over-lower", []op{opExtract("lower.txt", "replaced\n", 6000, 0, 0, 0o600), opStat("lower.txt"), opRead("lower.txt"), opGetxattr("lower.txt", "user.color")}},
+	{"extract-setuid", []op{opMkdir("nd", 0o755), opExtract("nd/tool", "#!/bin/sh\n", 7000, 0, 0, 0o4755), opStat("nd/tool")}},
 	{"truncate-shrink", []op{opTruncate("lower.txt", 5), opRead("lower.txt")}},
 	{"truncate-grow", []op{opTruncate("lower.txt", 100), opStat("lower.txt")}},
 	{"truncate-zero-and-write", []op{opTruncWrite("d/f", "new"), opRead("d/f")}},

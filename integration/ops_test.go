@@ -70,6 +70,8 @@ func (o op) String() string {
 		}
 	case "write", "create", "openwrite", "staleread":
 		fmt.Fprintf(&b, " off=%d data=%q", o.off, o.data)
+	case "extract":
+		fmt.Fprintf(&b, " data=%q t=%d %d:%d %04o", o.data, o.off, o.uid, o.gid, o.mode)
 	case "append", "truncwrite":
 		fmt.Fprintf(&b, " data=%q", o.data)
 	case "truncate":
@@ -128,6 +130,8 @@ func (o op) run(root string) result {
 		return writeAt(p, unix.O_WRONLY|unix.O_APPEND, 0, -1, o.data)
 	case "truncate":
 		return result{errno: errnoOf(unix.Truncate(p, o.off))}
+	case "extract":
+		return extract(p, o)
 	case "read":
 		return readFile(p)
 	case "staleread":
@@ -229,6 +233,31 @@ func writeAt(p string, flags int, mode uint32, off int64, data string) result {
 		_, err = unix.Pwrite(fd, []byte(data), off)
 	}
 	return result{errno: errnoOf(err)}
+}
+
+// extract does to p what tar does to each file it extracts: it opens p
+// for writing (creating it with mode 0600), writes o.data, and while the
+// file is still open sets by name its times (o.off seconds after
+// fixtureEpoch), owner (o.uid, o.gid) and mode (o.mode); then it closes
+// it. It reports the first error.
+func extract(p string, o op) result {
+	fd, err := unix.Open(p, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return result{errno: errnoOf(err)}
+	}
+	defer unix.Close(fd)
+	t := unix.NsecToTimespec(fixtureEpoch.Add(time.Duration(o.off) * time.Second).UnixNano())
+	for _, step := range []func() error{
+		func() error { _, err := unix.Write(fd, []byte(o.data)); return err },
+		func() error { return unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{t, t}, 0) },
+		func() error { return unix.Chown(p, o.uid, o.gid) },
+		func() error { return unix.Chmod(p, o.mode) },
+	} {
+		if err := step(); err != nil {
+			return result{errno: errnoOf(err)}
+		}
+	}
+	return result{}
 }
 
 func readFile(p string) result {
