@@ -81,26 +81,37 @@ func TestSetattrTruncateCopiesNoData(t *testing.T) {
 	}
 }
 
-// The attributes Setattr returns are those Stat gives after the change,
-// merged inode number and blocks included, for a lower file copied up by
-// the change, a metadata-only copy, then the upper file and a symlink.
+// Setattr makes each change and returns the attributes Stat gives after
+// it, merged inode number and blocks included: for a lower file copied up
+// by the change, a metadata-only copy, then the upper file, by name and
+// through a descriptor open on it (FromHandle), and a symlink.
 func TestSetattrReturnsTheNewAttributes(t *testing.T) {
 	ts := newMetaStack(t, append(bigLower(), file("f", "some data").withMode(0o640), symlink("l", "f")))
-	mode, size := uint32(0o600), uint64(4)
+	mode, mode2, size, size2 := uint32(0o600), uint32(0o604), uint64(4), uint64(2)
 	at := unix.Timespec{Sec: 1700000000, Nsec: 5}
+	at2 := unix.Timespec{Sec: 1600000000, Nsec: 7}
 	for _, tc := range []struct {
-		rel string
-		a   Attr
+		rel    string
+		a      Attr
+		handle bool // through a descriptor open for writing
 	}{
-		{"f", Attr{Mode: &mode}},
-		{"f", Attr{Size: &size}},
-		{"d/f", Attr{Mode: &mode}},
-		{"f", Attr{Atime: &at, Mtime: &at}},
-		{"f", Attr{Mode: &mode, Size: &size}},
-		{"l", Attr{Mtime: &at}},
+		{"f", Attr{Mode: &mode}, false},
+		{"f", Attr{Size: &size}, false},
+		{"d/f", Attr{Mode: &mode}, false},
+		{"f", Attr{Atime: &at, Mtime: &at}, false},
+		{"f", Attr{Mode: &mode2, Size: &size2, Mtime: &at2}, true},
+		{"l", Attr{Mtime: &at}, false},
 	} {
 		tc.a.FromHandle = -1
 		o := ts.mustLookup(t, tc.rel)
+		if tc.handle {
+			fd, err := unix.Open(filepath.Join(ts.upper, tc.rel), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			tc.a.FromHandle = fd
+		}
 		c, got, err := ts.Setattr(o, tc.rel, tc.a)
 		if err != nil {
 			t.Fatalf("%s %+v: %v", tc.rel, tc.a, err)
@@ -114,6 +125,18 @@ func TestSetattrReturnsTheNewAttributes(t *testing.T) {
 		}
 		if got.Ino != o.Ino {
 			t.Errorf("%s: inode %d, want the merged %d", tc.rel, got.Ino, o.Ino)
+		}
+		if m := tc.a.Mode; m != nil && got.Mode&0o7777 != *m {
+			t.Errorf("%s: mode %o, want %o", tc.rel, got.Mode&0o7777, *m)
+		}
+		if sz := tc.a.Size; sz != nil && got.Size != int64(*sz) {
+			t.Errorf("%s: size %d, want %d", tc.rel, got.Size, *sz)
+		}
+		if mt := tc.a.Mtime; mt != nil && got.Mtim != *mt {
+			t.Errorf("%s: mtime %v, want %v", tc.rel, got.Mtim, *mt)
+		}
+		if at := tc.a.Atime; at != nil && got.Atim != *at {
+			t.Errorf("%s: atime %v, want %v", tc.rel, got.Atim, *at)
 		}
 	}
 	if c := ts.mustLookup(t, "d/f"); !c.Metacopy() || !c.Upper() {
