@@ -77,3 +77,77 @@ func TestWriteRemovesPrivileges(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivilegesRegainedAreRemovedAgain checks that a file whose first
+// write or truncate found it without privileges, and which then gains
+// setuid, setgid or a capability through the mount, loses them again at
+// the next write or truncate by another user, as on ext4. The daemon
+// remembers a file it found clean and skips the work on later truncates
+// and writes; this is what makes it forget.
+func TestPrivilegesRegainedAreRemovedAgain(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv not installed")
+	}
+	lowers, upper, mnt := semStack(t, 1)
+	native := t.TempDir()
+	for _, d := range []string{filepath.Dir(lowers[0]), native, filepath.Dir(native)} {
+		os.Chmod(d, 0o755)
+	}
+	capv := []byte{0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	ways := map[string]string{
+		"write":    `echo x >> "$0"`,
+		"truncate": `truncate -s 1 "$0"`,
+		"otrunc":   `: > "$0"`,
+	}
+	// How the file regains privileges, through the mount, as root.
+	gains := map[string]func(p string) error{
+		"setuid":     func(p string) error { return unix.Chmod(p, 0o4777) },
+		"setgid":     func(p string) error { return unix.Chmod(p, 0o2777) },
+		"capability": func(p string) error { return unix.Setxattr(p, "security.capability", capv, 0) },
+	}
+	for _, root := range []string{lowers[0], native} {
+		for way := range ways {
+			for gain := range gains {
+				semWrite(t, filepath.Join(root, way+"-"+gain), "data\n", 0o777)
+			}
+		}
+	}
+	semMount(t, lowers, upper, mnt)
+	asNobody := func(script, p string) {
+		t.Helper()
+		out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script, p).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %s as nobody: %v: %s", script, p, err, out)
+		}
+	}
+	state := func(p string) string {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err.Error()
+		}
+		_, err := unix.Getxattr(p, "security.capability", nil)
+		return fmt.Sprintf("mode %o cap %v", st.Mode&0o7777, err == nil)
+	}
+	for way, script := range ways {
+		for gain, regain := range gains {
+			name := way + "-" + gain
+			for _, root := range []string{native, mnt} {
+				p := filepath.Join(root, name)
+				asNobody(script, p) // finds it clean
+				if err := regain(p); err != nil {
+					t.Fatalf("%s: %v", p, err)
+				}
+				if got := state(p); got == "mode 777 cap false" {
+					t.Fatalf("%s: %s did not give it privileges: %s", p, gain, got)
+				}
+				asNobody(script, p) // must remove them
+			}
+			if got, want := state(filepath.Join(mnt, name)), state(filepath.Join(native, name)); got != want {
+				t.Errorf("%s: through the mount %s, on ext4 %s", name, got, want)
+			} else if want != "mode 777 cap false" {
+				t.Errorf("%s: ext4 kept privileges (%s); the oracle is not what this test expects", name, want)
+			}
+		}
+	}
+}
