@@ -88,7 +88,9 @@ func (n *Node) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAtt
 	if a.Mode != nil || a.UID != nil || a.GID != nil {
 		n.noPrivs.Store(false)
 	}
-	if a.Size != nil && c.Mode&syscall.S_IFMT == syscall.S_IFREG {
+	// A truncate removes privileges; a file known to have none (most,
+	// after their first write) is spared the open and the second stat.
+	if a.Size != nil && c.Mode&syscall.S_IFMT == syscall.S_IFREG && !n.noPrivs.Load() {
 		if fd, _, err := n.st.Open(c, rel, syscall.O_WRONLY); err == nil {
 			err = n.killPriv(ctx, fd)
 			unix.Close(fd)
