@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,7 +82,8 @@ func unescapeMountinfo(s string) string {
 	return r.Replace(s)
 }
 
-// unmount detaches dir, lazily if it is busy, and waits until it is gone.
+// unmount detaches dir, lazily if it is busy, and waits until it is gone
+// and its daemon, if unionmount served it, has exited.
 func unmount(t testing.TB, dir string) {
 	t.Helper()
 	for i := 0; i < 50 && isMounted(dir); i++ {
@@ -103,7 +105,32 @@ func unmount(t testing.TB, dir string) {
 	}
 	if isMounted(dir) {
 		t.Errorf("%s is still mounted", dir)
+		return
 	}
+	// The daemon exits once the kernel ends the connection, but not at
+	// once; until then it holds its layers open, and a cleanup after
+	// this one may unmount the filesystem they are on (tmpfsDir).
+	deadline := time.Now().Add(20 * time.Second)
+	for len(serving(t, dir)) > 0 {
+		if time.Now().After(deadline) {
+			t.Errorf("the daemon for %s did not exit after the unmount: %v", dir, serving(t, dir))
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// serving lists the live unionmount daemons that have mnt itself as an
+// argument: the mount point (daemons also matches longer paths).
+func serving(t testing.TB, mnt string) []int {
+	var pids []int
+	for _, pid := range daemons(t, binary, mnt) {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		if err == nil && slices.Contains(strings.Split(string(cmdline), "\x00"), mnt) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // run runs the unionmount binary with args and returns its combined
