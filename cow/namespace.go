@@ -276,9 +276,14 @@ func (s *Stack) remove(dir *Object, dirRel, name string, o *Object) error {
 			return s.upper.err("rmdir", rel, unix.ENOTEMPTY)
 		}
 	}
-	whiteout, err := s.lowerHas(dir, dirRel, name)
-	if err != nil {
-		return err
+	// A lower holds a lower object's name, and lowers do not change: it
+	// needs a whiteout without asking them again.
+	whiteout := o.Frozen()
+	if !whiteout {
+		var err error
+		if whiteout, err = s.lowerHas(dir, dirRel, name); err != nil {
+			return err
+		}
 	}
 	st, err := s.upper.lstat(rel)
 	inUpper := err == nil && !isWhiteout(&st)
