@@ -194,6 +194,9 @@ func runSequence(t testing.TB, ops []op, every int) string {
 	for i, o := range ops {
 		want := p.ref.run(o)
 		got := p.peer.run(o)
+		if *diffTrace {
+			t.Logf("op %d %s: %v", i, o, want)
+		}
 		if got != want {
 			if want.errno == unix.EXDEV && o.kind == "rename" && isDir(filepath.Join(p.ref.merged, o.path), filepath.Join(p.ref.merged, o.path2)) {
 				if got.errno != 0 {
