@@ -158,6 +158,9 @@ func TestDiffWhiteoutPrefixNames(t *testing.T) {
 // was. The merged views agree, and after a write through a descriptor
 // opened before it, so do the uppers.
 func TestDiffCopyUpAtFirstWrite(t *testing.T) {
+	if !opensWithoutDaemon() {
+		t.Skipf("-diff.opts=%s: files open through the daemon, which copies up at the open", *diffOpts)
+	}
 	p := newPair(t, defaultStack)
 	if p.peer.impl == "kernel" {
 		t.Skip("the peer is the kernel")

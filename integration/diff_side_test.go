@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,9 @@ var diffPeer = flag.String("diff.peer", "union",
 	`what the differential tests compare with kernel overlayfs: "union" (unionmount) or "kernel" (a second kernel mount, to validate the tests)`)
 
 var diffTrace = flag.Bool("diff.trace", false, "log every differential op with its result")
+
+var diffOpts = flag.String("diff.opts", "",
+	`more -o options for the unionmount side of the differential tests (e.g. "passthrough=on" or "timeout=0"), to compare a configuration other than the default`)
 
 // side is one union: its layer directories and mount point.
 type side struct {
@@ -59,11 +63,30 @@ func (s *side) mountOpts() string {
 	return fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(s.lowers, ":"), s.upper, s.work)
 }
 
+// opensWithoutDaemon reports whether -diff.opts leaves the unionmount side
+// opening files without the daemon (fs/noopen.go), as it does by default
+// as root: not with passthrough=on, nor with timeout=0.
+func opensWithoutDaemon() bool {
+	for _, o := range strings.Split(*diffOpts, ",") {
+		k, v, _ := strings.Cut(o, "=")
+		if k == "passthrough" && v == "on" {
+			return false
+		}
+		if f, err := strconv.ParseFloat(v, 64); k == "timeout" && err == nil && f == 0 {
+			return false
+		}
+	}
+	return true
+}
+
 func (s *side) mount(t testing.TB) {
 	t.Helper()
 	opts := s.mountOpts()
-	if s.impl == "kernel" {
+	switch {
+	case s.impl == "kernel":
 		opts += s.kernelOpts
+	case *diffOpts != "":
+		opts += "," + *diffOpts
 	}
 	mountStack(t, s.impl, opts, s.merged)
 }
